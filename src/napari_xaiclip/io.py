@@ -1,0 +1,377 @@
+"""NIfTI volumes in napari's axis order, with the source geometry kept for saving.
+
+A :class:`Volume` holds the voxels reoriented for display in the radiological
+convention: axis 0 runs inferior to superior (axial slices), axis 1 anterior to
+posterior (rows: anterior at the top), axis 2 patient right to left (columns:
+the patient's right on the screen's left). ``vol.affine`` maps those (z, y, x)
+voxel indices to RAS millimetres exactly, oblique files included, and
+:func:`save_volume` undoes the reorientation so that a derived array lands
+voxel for voxel on the source file in its own orientation.
+
+Example
+-------
+>>> import numpy as np, tempfile, os
+>>> from napari_xaiclip.io import Volume, load_volume, save_volume
+>>> vol = Volume(np.zeros((4, 5, 6), np.float32), affine=np.diag([2.0, -1.0, -1.0, 1.0]))
+>>> vol.spacing
+(2.0, 1.0, 1.0)
+>>> d = tempfile.mkdtemp()
+>>> save_volume(os.path.join(d, "a.nii.gz"), vol.data + 1, like=vol)
+>>> load_volume(os.path.join(d, "a.nii.gz")).data.shape
+(4, 5, 6)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DISPLAY_AXCODES",
+    "Volume",
+    "is_nifti_path",
+    "load_volume",
+    "save_volume",
+    "layer_geometry",
+    "volume_from_layer_metadata",
+]
+
+#: Direction each napari array axis increases towards (nibabel axis codes).
+DISPLAY_AXCODES = ("S", "P", "L")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: Largest volume we agree to read (voxels); guards against corrupt headers.
+MAX_VOXELS = 2_000_000_000
+
+
+@dataclass
+class Volume:
+    """A 3D scan in napari axis order.
+
+    Attributes
+    ----------
+    data : (Z, Y, X) float32 ndarray
+        Voxels, axis 0 = axial slices (inferior to superior), rows anterior to
+        posterior, columns patient right to left. CT in HU (slope/intercept applied).
+    affine : (4, 4) ndarray
+        Voxel (z, y, x) to RAS millimetres.
+    source_affine, source_shape, source_ornt : geometry of the file it came from
+        (``None`` for volumes made in memory); ``save_volume`` writes back into it.
+    header : nibabel header of the source file, or ``None``.
+    path : where it was read from, if anywhere.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    source_affine: np.ndarray | None = None
+    source_shape: tuple[int, ...] | None = None
+    source_ornt: np.ndarray | None = None
+    header: Any = None
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        self.data = np.asarray(self.data)
+        if self.data.ndim != 3:
+            raise ValueError(f"a Volume is 3D (z, y, x), got shape {self.data.shape}")
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.affine.shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got shape {self.affine.shape}")
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size along (z, y, x) in mm."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape)
+
+    @property
+    def translate(self) -> tuple[float, float, float]:
+        """napari ``translate`` so world coordinates are RAS rotated into the display axes.
+
+        With ``scale = spacing`` this makes two volumes of the same patient with
+        different fields of view line up in napari (exactly for non-oblique files).
+        """
+        directions = self.affine[:3, :3] / np.asarray(self.spacing)
+        return tuple(float(v) for v in directions.T @ self.affine[:3, 3])
+
+    def with_data(self, data: np.ndarray) -> "Volume":
+        """A Volume with other voxels of the same shape and the same geometry."""
+        data = np.asarray(data)
+        if data.shape != self.data.shape:
+            raise ValueError(f"expected shape {self.data.shape}, got {data.shape}")
+        return Volume(data, self.affine.copy(), self.source_affine, self.source_shape,
+                      self.source_ornt, self.header, self.path)
+
+    def to_metadata(self) -> dict:
+        """Geometry as plain values, for a napari layer's ``metadata``."""
+        return {
+            "affine": self.affine.tolist(),
+            "source_affine": None if self.source_affine is None else self.source_affine.tolist(),
+            "source_shape": None if self.source_shape is None else list(self.source_shape),
+            "source_ornt": None if self.source_ornt is None else self.source_ornt.tolist(),
+            "source_path": self.path,
+            "spacing": list(self.spacing),
+        }
+
+
+def is_nifti_path(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, expected a NIfTI file")
+    if not is_nifti_path(path):
+        raise ValueError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
+
+
+def _load_image(path: Path):
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for bad files
+        raise ValueError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ValueError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
+    return img
+
+
+def _reduce_to_3d(img, path: Path) -> tuple:
+    """Index into ``img.dataobj`` that picks its 3D (or 2D) part, or raise."""
+    shape = tuple(int(s) for s in img.shape)
+    if any(s <= 0 for s in shape):
+        raise ValueError(f"{path}: empty image dimension in shape {shape}")
+    if float(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
+        raise ValueError(f"{path}: header claims {shape} voxels, more than this tool reads")
+    if img.header.get_data_dtype().names is not None:
+        raise ValueError(f"{path}: RGB/structured voxels are not supported; convert to a grey-level scan")
+    core = shape[:3]
+    extra = shape[3:]
+    while extra and extra[-1] == 1:
+        extra = extra[:-1]
+    index = (slice(None),) * len(core) + (0,) * (len(shape) - len(core))
+    if not extra:
+        return index
+    if len(extra) == 1 and _is_time_axis(img):
+        warnings.warn(f"{path}: 4D file with {extra[0]} time points; using the first volume",
+                      stacklevel=3)
+        return index
+    raise ValueError(
+        f"{path}: {len(shape)}D image of shape {shape}; expected a 3D volume "
+        f"(or 4D along time), the extra axes {extra} are not time"
+    )
+
+
+def _is_time_axis(img) -> bool:
+    """A 4th axis counts as time unless the header declares a vector/other intent."""
+    intent = img.header.get_intent()[0]
+    return intent in ("none", "time series", "")
+
+
+def load_volume(path: str | os.PathLike) -> Volume:
+    """Read a NIfTI file (.nii/.nii.gz) into a :class:`Volume` in display orientation.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A 2D, 3D or 4D NIfTI file. 2D files become one slice; 4D files with a
+        time axis give their first volume (with a warning).
+
+    Returns
+    -------
+    Volume
+        ``data`` float32 (z, y, x), scaled by ``scl_slope``/``scl_inter``.
+
+    Raises
+    ------
+    ValueError
+        Missing, non-NIfTI, corrupt or unsupported files, with the reason.
+    """
+    import nibabel as nib
+    from nibabel import orientations as ornt
+
+    path = Path(path)
+    _check_readable(path)
+    img = _load_image(path)
+    index = _reduce_to_3d(img, path)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError(f"{path}: the voxel-to-world affine is not invertible:\n{affine}")
+    try:
+        data = np.asarray(img.dataobj[index], dtype=np.float32)
+    except Exception as exc:
+        raise ValueError(f"{path}: could not read the voxels ({type(exc).__name__}: {exc}); "
+                         "the file may be truncated") from None
+    if data.ndim == 2:
+        data = data[:, :, None]
+    src_ornt = ornt.io_orientation(affine)
+    transform = ornt.ornt_transform(src_ornt, ornt.axcodes2ornt(DISPLAY_AXCODES))
+    display = np.ascontiguousarray(ornt.apply_orientation(data, transform), dtype=np.float32)
+    display_affine = affine @ ornt.inv_ornt_aff(transform, data.shape)
+    header = img.header.copy()
+    return Volume(display, display_affine, affine, tuple(data.shape), transform, header, str(path))
+
+
+def _back_to_source(array: np.ndarray, like: Volume) -> np.ndarray:
+    from nibabel import orientations as ornt
+
+    if like.source_ornt is None:
+        return array
+    inverse = ornt.ornt_transform(ornt.axcodes2ornt(DISPLAY_AXCODES), _orientation_of(like))
+    return ornt.apply_orientation(array, inverse)
+
+
+def _orientation_of(like: Volume) -> np.ndarray:
+    from nibabel import orientations as ornt
+
+    return ornt.io_orientation(like.source_affine)
+
+
+def save_volume(path: str | os.PathLike, array: np.ndarray, like: Volume | None = None,
+                affine: np.ndarray | None = None) -> None:
+    """Write a (z, y, x) array as NIfTI in ``like``'s source geometry, atomically.
+
+    The array is put back into the source file's own axis order and written with
+    its affine and header, so it overlays the source voxel for voxel in 3D Slicer
+    or ITK-SNAP. Integer arrays are written as integer labels, everything else as
+    float32. The file appears only once complete (temporary name, then rename).
+
+    Parameters
+    ----------
+    path : .nii or .nii.gz destination.
+    array : (Z, Y, X) ndarray in napari order, shaped like ``like.data``.
+    like : the Volume the array derives from. Without it, ``affine`` (or identity)
+        is used with the array written as is.
+
+    Raises
+    ------
+    ValueError
+        Bad path suffix or a shape that does not match ``like``.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise ValueError(f"{path}: NIfTI output needs a .nii or .nii.gz name")
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if array.ndim != 3:
+        raise ValueError(f"expected a 3D (z, y, x) array, got shape {array.shape}")
+    if like is not None and array.shape != like.data.shape:
+        raise ValueError(f"array shape {array.shape} does not match the volume's {like.data.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        array = array.astype(np.float32)
+    elif array.dtype == np.int64 or array.dtype == np.uint64:
+        array = array.astype(np.int32)
+    if like is not None and like.source_affine is not None:
+        out = _back_to_source(array, like)
+        if like.source_shape is not None and len(like.source_shape) == 3:
+            out = out.reshape(like.source_shape)
+        out_affine = like.source_affine
+        header = like.header.copy() if like.header is not None else None
+    else:
+        out = array
+        out_affine = like.affine if like is not None else (np.eye(4) if affine is None else affine)
+        header = None
+    img = nib.Nifti1Image(np.ascontiguousarray(out), out_affine, header=_clean_header(header))
+    img.set_data_dtype(out.dtype)
+    img.header.set_slope_inter(1.0, 0.0)
+    if header is None:
+        img.set_qform(out_affine, code=1)
+        img.set_sform(out_affine, code=1)
+    _atomic_write(path, lambda tmp: nib.save(img, tmp))
+
+
+def _clean_header(header):
+    """The source header minus what no longer applies (4D dims, intent, scaling)."""
+    if header is None:
+        return None
+    import nibabel as nib
+
+    if not isinstance(header, nib.Nifti1Header):
+        header = nib.Nifti1Header.from_header(header)
+    header.set_intent("none")
+    return header
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` and rename into place; never leave a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else "".join(path.suffixes[-1:]) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    _atomic_write(path, write)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def layer_geometry(vol: Volume) -> dict:
+    """napari layer keyword arguments (scale, translate, metadata) for a volume."""
+    return {
+        "scale": vol.spacing,
+        "translate": vol.translate,
+        "metadata": {"xaiclip_geometry": vol.to_metadata()},
+    }
+
+
+def volume_from_layer_metadata(data: np.ndarray, metadata: dict | None,
+                               scale=None, translate=None) -> Volume:
+    """Rebuild a Volume's geometry from a layer's metadata (or its scale alone)."""
+    geometry = (metadata or {}).get("xaiclip_geometry")
+    data = np.asarray(data)
+    if geometry is None:
+        spacing = np.ones(3) if scale is None else np.asarray(scale, dtype=float)[-3:]
+        affine = np.diag([*spacing, 1.0])
+        affine[:3, :3] = np.diag(spacing) * np.array([1.0, -1.0, -1.0])
+        if translate is not None:
+            affine[:3, 3] = np.array([1.0, -1.0, -1.0]) * np.asarray(translate, float)[-3:]
+        return Volume(data, affine)
+    src = geometry.get("source_affine")
+    shape = geometry.get("source_shape")
+    src_ornt = geometry.get("source_ornt")
+    return Volume(
+        data,
+        np.asarray(geometry["affine"]),
+        None if src is None else np.asarray(src),
+        None if shape is None else tuple(shape),
+        None if src_ornt is None else np.asarray(src_ornt),
+        None,
+        geometry.get("source_path"),
+    )

@@ -1,0 +1,224 @@
+"""The two model protocols: segmenters and localizers.
+
+A **segmenter** maps a batch of model-input images plus one prompt to mask
+probabilities at input size; ``segment`` wraps preprocessing and resizing for
+a single slice. A **localizer** maps (slice, text prompt) to a map in [0, 1].
+
+Explainers only use the segmenter methods ``preprocess``, ``encode_prompt``,
+``logits`` and ``predict``; anything that implements them plugs in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..preprocess import InputGeometry, from_model_input, to_model_input
+
+__all__ = [
+    "Localizer",
+    "Prompt",
+    "Segmenter",
+    "count_gflops",
+    "eval_mode",
+    "pick_device",
+]
+
+
+def pick_device(device: str | None = "auto"):
+    """``"auto"`` picks cuda, then mps, then cpu; anything else goes to ``torch.device``."""
+    import torch
+
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but no CUDA GPU is available")
+    return dev
+
+
+@contextlib.contextmanager
+def eval_mode(*modules):
+    """Put modules in eval mode and restore their training flags afterwards (MONAI style)."""
+    flags = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, f in zip(modules, flags):
+            m.train(f)
+
+
+def count_gflops(fn, *args, **kwargs) -> float:
+    """GFLOPs of one call of ``fn`` counted with ``torch.utils.flop_counter``."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        fn(*args, **kwargs)
+    return counter.get_total_flops() / 1e9
+
+
+@dataclass
+class Prompt:
+    """A prompt in model-input pixels, plus whatever the model made of it (embeddings)."""
+
+    box: np.ndarray | None = None            # (4,) x0, y0, x1, y1
+    points: np.ndarray | None = None         # (N, 2) x, y
+    point_labels: np.ndarray | None = None   # (N,) 1 foreground, 0 background
+    encoded: Any = None                      # model-specific cache (e.g. SAM prompt embeddings)
+
+
+class Segmenter:
+    """Base class of segmenters. Subclasses implement :meth:`_encode` and :meth:`logits`.
+
+    Attributes
+    ----------
+    name : str
+        Spec it was loaded from, shown in layer metadata and reports.
+    input_size : int
+        Side of the square model input.
+    in_channels : int
+        Channels of the model input (3 for SAM family).
+    keep_aspect : bool
+        SAM style resize (longest side, pad) when True; MedSAM style stretch when False.
+    module : torch.nn.Module
+        The network (for randomisation checks, component analysis, Grad-CAM).
+    """
+
+    name: str = "segmenter"
+    input_size: int = 256
+    in_channels: int = 1
+    keep_aspect: bool = False
+    module: Any = None
+    device: Any = None
+    uses_box: bool = True
+    description: str = ""
+
+    # --- to implement -------------------------------------------------
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """Model-input-sized 2D image (float32) to (C, S, S) model input values."""
+        raise NotImplementedError
+
+    def _encode(self, prompt: Prompt) -> Any:
+        """Model-specific prompt embedding, computed once per prompt."""
+        return None
+
+    def logits(self, images, prompt: Prompt):
+        """(B, C, S, S) model input -> (B, S, S) mask logits at input size; differentiable."""
+        raise NotImplementedError
+
+    # --- shared ------------------------------------------------------
+    def preprocess(self, slice2d: np.ndarray):
+        """(H, W) slice -> ((C, S, S) float tensor on the device, InputGeometry)."""
+        import torch
+
+        slice2d = np.asarray(slice2d)
+        if slice2d.ndim != 2:
+            raise ValueError(f"expected a 2D slice, got shape {slice2d.shape}")
+        resized, geometry = to_model_input(np.nan_to_num(slice2d.astype(np.float32)),
+                                           self.input_size, keep_aspect=self.keep_aspect)
+        x = self.normalize_resized(resized, geometry)
+        return torch.as_tensor(x, dtype=torch.float32, device=self.device), geometry
+
+    def normalize_resized(self, resized: np.ndarray, geometry: InputGeometry) -> np.ndarray:
+        """Normalise a resized slice; padding (SAM style) stays at the model's zero."""
+        h, w = geometry.resized
+        out = np.zeros((self.in_channels, self.input_size, self.input_size), np.float32)
+        out[:, :h, :w] = self.normalize(resized[:h, :w])
+        return out
+
+    def encode_prompt(self, box=None, points=None, point_labels=None,
+                      geometry: InputGeometry | None = None) -> Prompt:
+        """Build a :class:`Prompt` (in model pixels) and embed it once.
+
+        ``box`` (x0, y0, x1, y1) and ``points`` (N, 2) as (x, y) are in slice
+        pixels when ``geometry`` is given, else already in model pixels.
+        """
+        if box is not None:
+            box = np.asarray(box, float).reshape(4)
+            if geometry is not None:
+                box = geometry.box_to_model(box)
+            if box[2] <= box[0] or box[3] <= box[1]:
+                raise ValueError(f"box must have x1 > x0 and y1 > y0, got {tuple(np.round(box, 2))}")
+        if points is not None:
+            points = np.asarray(points, float).reshape(-1, 2)
+            if geometry is not None:
+                points = geometry.points_to_model(points)
+            point_labels = (np.ones(len(points), int) if point_labels is None
+                            else np.asarray(point_labels, int).reshape(-1))
+            if len(point_labels) != len(points):
+                raise ValueError(f"{len(points)} points but {len(point_labels)} point labels")
+        prompt = Prompt(box, points, point_labels)
+        prompt.encoded = self._encode(prompt)
+        return prompt
+
+    def as_prompt(self, prompt) -> Prompt:
+        if isinstance(prompt, Prompt):
+            return prompt
+        return self.encode_prompt(box=prompt)
+
+    def predict(self, images, prompt=None):
+        """Mask probabilities (B, S, S) in [0, 1] for a batch of model inputs, without gradients."""
+        import torch
+
+        prompt = self.as_prompt(prompt)
+        with torch.inference_mode():
+            return torch.sigmoid(self.logits(images, prompt).float())
+
+    def segment(self, slice2d: np.ndarray, box=None, points=None, point_labels=None) -> np.ndarray:
+        """(H, W) float probabilities at the slice's resolution for a box and/or points in slice pixels.
+
+        >>> from napari_xaiclip.models import load_segmenter  # doctest: +SKIP
+        >>> probs = load_segmenter("default").segment(ct_slice, box=(40, 60, 120, 150))  # doctest: +SKIP
+        """
+        x, geometry = self.preprocess(slice2d)
+        prompt = self.encode_prompt(box, points, point_labels, geometry=geometry)
+        probs = self.predict(x[None], prompt)[0].cpu().numpy()
+        return np.clip(from_model_input(probs, geometry), 0.0, 1.0)
+
+    @property
+    def gflops(self) -> float:
+        """GFLOPs of one forward of one image with a box prompt (counted once, then cached)."""
+        import torch
+
+        if getattr(self, "_gflops", None) is None:
+            s = self.input_size
+            x = torch.zeros(1, self.in_channels, s, s, device=self.device)
+            prompt = self.encode_prompt(box=(s * 0.25, s * 0.25, s * 0.75, s * 0.75))
+            self._gflops = count_gflops(self.logits, x, prompt)
+        return self._gflops
+
+    def info(self) -> dict:
+        n_params = sum(p.numel() for p in self.module.parameters()) if self.module is not None else 0
+        return {"name": self.name, "input_size": self.input_size, "in_channels": self.in_channels,
+                "parameters": int(n_params), "gflops": round(self.gflops, 4),
+                "description": self.description}
+
+
+class Localizer:
+    """Base class of region localizers: ``locate(slice2d, prompt)`` -> (H, W) map in [0, 1]."""
+
+    name: str = "localizer"
+    classes: tuple[str, ...] = ()
+    description: str = ""
+
+    def locate(self, slice2d: np.ndarray, prompt: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def resolve(self, prompt: str) -> str:
+        """The class a free-text prompt refers to (identity for open-vocabulary localizers)."""
+        return prompt

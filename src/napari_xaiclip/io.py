@@ -112,12 +112,14 @@ class Volume:
     def to_metadata(self) -> dict:
         """Geometry as plain values, for a napari layer's ``metadata``."""
         return {
+            "shape": list(self.data.shape),
             "affine": self.affine.tolist(),
             "source_affine": None if self.source_affine is None else self.source_affine.tolist(),
             "source_shape": None if self.source_shape is None else list(self.source_shape),
             "source_ornt": None if self.source_ornt is None else self.source_ornt.tolist(),
             "source_path": self.path,
             "spacing": list(self.spacing),
+            "header": self.header,  # a nibabel header object (in-session only), for exact saving
         }
 
 
@@ -372,6 +374,6 @@ def volume_from_layer_metadata(data: np.ndarray, metadata: dict | None,
         None if src is None else np.asarray(src),
         None if shape is None else tuple(shape),
         None if src_ornt is None else np.asarray(src_ornt),
-        None,
+        geometry.get("header"),
         geometry.get("source_path"),
     )

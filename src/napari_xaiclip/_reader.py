@@ -1,0 +1,59 @@
+"""napari reader hook: NIfTI (.nii, .nii.gz) as an image layer, or a labels layer for label files.
+
+The layer gets ``scale`` = voxel spacing, a ``translate`` that puts world
+coordinates in RAS millimetres (rotated into the display axes), and the
+source geometry in ``metadata`` so the writer can save derived layers back
+onto the source file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .io import is_nifti_path, layer_geometry, load_volume
+
+__all__ = ["get_reader", "read_nifti"]
+
+LABEL_HINTS = ("label", "labels", "seg", "mask", "gt", "annotation")
+
+
+def get_reader(path):
+    """Return :func:`read_nifti` for one NIfTI path, else ``None`` (not ours)."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    return read_nifti if is_nifti_path(path) else None
+
+
+def looks_like_labels(path: str, data: np.ndarray) -> bool:
+    """Integer voxels, few distinct values, and a label-like file name."""
+    name = Path(path).name.lower()
+    if not any(h in name.replace("-", "_").split(".")[0].split("_") for h in LABEL_HINTS):
+        return False
+    if data.size == 0 or not np.all(np.equal(np.mod(data[:: max(1, data.shape[0] // 8)], 1), 0)):
+        return False
+    return np.unique(data[:: max(1, data.shape[0] // 8)]).size <= 256
+
+
+def read_nifti(path):
+    """Layer data tuples for a NIfTI file (raises ValueError with the reason for bad files)."""
+    if isinstance(path, list):
+        path = path[0]
+    vol = load_volume(path)
+    geometry = layer_geometry(vol)
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    if looks_like_labels(str(path), vol.data):
+        return [(np.rint(vol.data).astype(np.int32), {"name": name, **geometry}, "labels")]
+    kwargs = {"name": name, "colormap": "gray", **geometry}
+    lo, hi = float(np.nanmin(vol.data)), float(np.nanmax(vol.data))
+    if lo < -500:  # CT in HU: open in the abdomen window radiologists start from
+        kwargs["contrast_limits"] = (-160.0, 240.0)
+    elif hi > lo:
+        kwargs["contrast_limits"] = (lo, hi)
+    return [(vol.data, kwargs, "image")]

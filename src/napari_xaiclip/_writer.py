@@ -1,0 +1,60 @@
+"""napari writer hooks: image and labels layers to NIfTI in the source file's geometry.
+
+A layer read by this plugin (or derived from one) carries its source geometry
+in ``metadata["xaiclip_geometry"]``. One-slice layers (heatmaps, slice ROIs)
+carry ``metadata["xaiclip_slice"] = {"axis", "index"}`` and are written as a
+full volume that is zero outside their slice, so they overlay the scan in
+3D Slicer or ITK-SNAP.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .io import is_nifti_path, save_volume, volume_from_layer_metadata
+from .slicing import put_slice
+
+__all__ = ["layer_to_volume_array", "write_image", "write_labels"]
+
+
+def layer_to_volume_array(data, meta: dict):
+    """(array in the source volume's shape, Volume geometry) for a layer's data and metadata."""
+    metadata = meta.get("metadata") or {}
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise ValueError(f"only 3D layers can be written as NIfTI volumes, got shape {data.shape}")
+    geometry = metadata.get("xaiclip_geometry")
+    where = metadata.get("xaiclip_slice")
+    if geometry is not None and where is not None:
+        shape = tuple(geometry.get("shape") or ())
+        if not shape:
+            raise ValueError("slice layer without the source volume's shape in its metadata")
+        full = np.zeros(shape, dtype=data.dtype)
+        axis, start = int(where["axis"]), int(where["index"])
+        for k in range(data.shape[axis]):
+            put_slice(full, axis, start + k, np.take(data, k, axis=axis))
+        data = full
+    vol = volume_from_layer_metadata(data, metadata, meta.get("scale"), meta.get("translate"))
+    return data, vol
+
+
+def _write(path: str, data, meta: dict, labels: bool) -> list[str]:
+    if not is_nifti_path(path):
+        raise ValueError(f"{path}: choose a .nii or .nii.gz file name")
+    array, vol = layer_to_volume_array(data, meta)
+    if labels:
+        array = array.astype(np.int16 if array.max(initial=0) > 255 or array.min(initial=0) < 0 else np.uint8)
+    else:
+        array = array.astype(np.float32)
+    save_volume(path, array, like=vol)
+    return [path]
+
+
+def write_image(path: str, data, meta: dict) -> list[str]:
+    """Write an image layer (scan, enhanced volume, heatmap) as float32 NIfTI."""
+    return _write(path, data, meta, labels=False)
+
+
+def write_labels(path: str, data, meta: dict) -> list[str]:
+    """Write a labels layer (ROI, segmentation) as integer NIfTI."""
+    return _write(path, data, meta, labels=True)

@@ -1,0 +1,343 @@
+"""Pieces every widget uses: layer pickers, geometry copying, slice lookup and a
+Run/Cancel panel that drives a background worker with a progress bar."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..slicing import check_slice, slice_translate
+
+if TYPE_CHECKING:
+    import napari
+
+GEOMETRY_KEYS = ("scale", "translate", "rotate", "shear", "affine")
+
+
+def notify_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+def notify_info(message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(message)
+
+
+class LayerChoice(QComboBox):
+    """A combo box of the viewer's layers of some kinds, kept up to date."""
+
+    def __init__(self, viewer: "napari.viewer.Viewer", kinds=("image",), allow_none: bool = False,
+                 volumes_only: bool = True, parent=None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.kinds = tuple(kinds)
+        self.allow_none = allow_none
+        self.volumes_only = volumes_only
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(14)
+        viewer.layers.events.inserted.connect(self.refresh)
+        viewer.layers.events.removed.connect(self.refresh)
+        viewer.layers.events.changed.connect(self.refresh)
+        viewer.layers.events.reordered.connect(self.refresh)
+        self.refresh()
+
+    def _layers(self):
+        from napari.layers import Image, Labels, Shapes
+
+        types = {"image": Image, "labels": Labels, "shapes": Shapes}
+        layers = [ly for ly in self.viewer.layers if any(isinstance(ly, types[k]) for k in self.kinds)]
+        if self.volumes_only:  # one-slice results (previews, heatmaps) are not inputs
+            layers = [ly for ly in layers if "xaiclip_slice" not in (ly.metadata or {})]
+        return layers
+
+    def refresh(self, *_):
+        current = self.currentText()
+        self.blockSignals(True)
+        self.clear()
+        if self.allow_none:
+            self.addItem("(none)")
+        for ly in self._layers():
+            self.addItem(ly.name)
+        index = self.findText(current)
+        self.setCurrentIndex(index if index >= 0 else (0 if self.count() else -1))
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self):
+        """The chosen layer or ``None``."""
+        name = self.currentText()
+        if not name or name == "(none)" or name not in self.viewer.layers:
+            return None
+        return self.viewer.layers[name]
+
+    def set_layer(self, name: str) -> None:
+        self.refresh()
+        idx = self.findText(name)
+        if idx >= 0:
+            self.setCurrentIndex(idx)
+
+
+def volume_of(layer) -> np.ndarray:
+    """The 3D grey-level data of an image layer, or a ValueError saying what is wrong."""
+    if layer is None:
+        raise ValueError("no image layer: open a NIfTI volume (File > Open) or the sample phantom first")
+    if getattr(layer, "rgb", False):
+        raise ValueError(f"layer {layer.name!r} is RGB; pick a grey-level CT/MR volume")
+    if getattr(layer, "multiscale", False):
+        raise ValueError(f"layer {layer.name!r} is multiscale; pick a single-resolution volume")
+    data = layer.data
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3:
+        raise ValueError(f"layer {layer.name!r} has {data.ndim} dimensions {tuple(data.shape)}; "
+                         "pick a 3D volume (z, y, x)")
+    return np.asarray(data)
+
+
+def geometry_kwargs(layer) -> dict:
+    """scale/translate/rotate/shear/affine of a layer, to make derived layers line up with it."""
+    return {k: np.asarray(getattr(layer, k)).copy() if k != "affine" else layer.affine.affine_matrix.copy()
+            for k in GEOMETRY_KEYS}
+
+
+def source_metadata(layer) -> dict:
+    """Metadata derived layers inherit: the source geometry and the source's name."""
+    meta = dict(layer.metadata or {})
+    keep = {k: meta[k] for k in ("xaiclip_geometry",) if k in meta}
+    if "xaiclip_geometry" not in keep:
+        keep["xaiclip_geometry"] = {"shape": list(np.shape(layer.data)[-3:]),
+                                    "affine": _affine_from_layer(layer), "source_affine": None,
+                                    "source_shape": None, "source_ornt": None, "source_path": None,
+                                    "spacing": list(np.asarray(layer.scale)[-3:]), "header": None}
+    keep["xaiclip_source"] = layer.name
+    return keep
+
+
+def _affine_from_layer(layer) -> list:
+    """RAS affine for a layer made without this plugin: display axes S, P, L from its scale and translate."""
+    scale = np.asarray(layer.scale, float)[-3:]
+    translate = np.asarray(layer.translate, float)[-3:]
+    affine = np.zeros((4, 4))
+    affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = scale[0], -scale[1], -scale[2], 1.0
+    affine[:3, 3] = [-translate[2], -translate[1], translate[0]]
+    return affine.tolist()
+
+
+def slice_layer_kwargs(layer, axis: int, index: int, n_slices: int = 1) -> dict:
+    """Geometry and metadata for a layer holding ``n_slices`` slices from ``index`` along ``axis``."""
+    kw = geometry_kwargs(layer)
+    kw["translate"] = np.asarray(slice_translate(layer.translate, layer.scale, axis, index))
+    meta = source_metadata(layer)
+    meta["xaiclip_slice"] = {"axis": int(axis), "index": int(index), "n_slices": int(n_slices)}
+    kw["metadata"] = meta
+    return kw
+
+
+def current_index(viewer, layer, axis: int) -> int:
+    """Data index along ``axis`` of ``layer`` at the viewer's current position."""
+    point = np.asarray(viewer.dims.point, float)
+    data_point = np.asarray(layer.world_to_data(point[-layer.ndim:]), float)
+    n = layer.data.shape[axis]
+    return int(np.clip(np.round(data_point[axis]), 0, n - 1))
+
+
+def go_to_index(viewer, layer, axis: int, index: int) -> None:
+    """Move the viewer's slider so that ``layer`` shows slice ``index`` along ``axis``."""
+    check_slice(layer.data.shape[-3:], axis, index)
+    data_point = np.asarray(layer.world_to_data(np.asarray(viewer.dims.point, float)[-layer.ndim:]), float)
+    data_point[axis] = index
+    world = np.asarray(layer.data_to_world(data_point), float)
+    offset = viewer.dims.ndim - layer.ndim
+    viewer.dims.set_point(offset + axis, float(world[axis]))
+
+
+def set_slicing_axis(viewer, axis: int) -> None:
+    """Show slices along ``axis`` in the 2D view (the other two axes displayed)."""
+    ndim = viewer.dims.ndim
+    offset = ndim - 3
+    others = [offset + a for a in range(3) if a != axis]
+    order = [a for a in range(offset)] + [offset + axis] + others
+    viewer.dims.order = tuple(order)
+
+
+class RunPanel(QWidget):
+    """Run and Cancel buttons, a progress bar and a status line driving one worker at a time.
+
+    ``start(make_generator, ...)`` runs a generator function in a napari
+    ``thread_worker``; each yielded ``(done, total, payload)`` moves the bar and
+    is passed to ``on_progress`` (throttled to ``min_interval`` seconds, the
+    last one always delivered). Cancel quits the worker at its next yield.
+    Errors become napari notifications; the widget is re-enabled afterwards.
+    """
+
+    def __init__(self, run_text: str = "Run", parent=None, min_interval: float = 0.15):
+        super().__init__(parent)
+        self.run_button = QPushButton(run_text)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setTextVisible(True)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        row = QHBoxLayout()
+        row.addWidget(self.run_button)
+        row.addWidget(self.cancel_button)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(row)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.status)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.worker = None
+        self.min_interval = min_interval
+        self._last_update = 0.0
+        self._pending = None
+        self._napari_progress = None
+        self.last_error: str | None = None
+        self.cancelled = False
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, make_generator: Callable[[], Any], on_progress=None, on_done=None,
+              on_aborted=None, description: str = "working") -> bool:
+        """Start a worker; returns False (and notifies) when one is already running."""
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            notify_info("A run is already in progress; wait for it or press Cancel.")
+            return False
+        self.last_error = None
+        self.cancelled = False
+        self._on_progress, self._on_done, self._on_aborted = on_progress, on_done, on_aborted
+        self._description = description
+        self._pending = None
+        self.worker = create_worker(make_generator)
+        self.worker.yielded.connect(self._yielded)
+        self.worker.returned.connect(self._returned)
+        self.worker.errored.connect(self._errored)
+        self.worker.aborted.connect(self._aborted)
+        self.worker.finished.connect(self._finished)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, 0)
+        self.status.setText(f"{description}…")
+        self._t0 = time.perf_counter()
+        self.worker.start()
+        return True
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.cancelled = True
+            self.status.setText("cancelling…")
+            self.worker.quit()
+
+    def _yielded(self, item) -> None:
+        done, total, payload = item
+        self.progress.setRange(0, max(int(total), 1))
+        self.progress.setValue(int(done))
+        self._napari_progress_update(done, total)
+        self._pending = item
+        now = time.perf_counter()
+        if now - self._last_update >= self.min_interval or done >= total:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending is not None and self._on_progress is not None:
+            item, self._pending = self._pending, None
+            self._last_update = time.perf_counter()
+            self._on_progress(*item)
+
+    def _napari_progress_update(self, done, total) -> None:
+        from napari.utils import progress
+
+        if self._napari_progress is None:
+            self._napari_progress = progress(total=int(total), desc=self._description)
+        bar = self._napari_progress
+        if bar.total != int(total):
+            bar.total = int(total)
+        bar.update(int(done) - bar.n)
+
+    def _returned(self, result) -> None:
+        self._flush()
+        seconds = time.perf_counter() - self._t0
+        self.status.setText(f"done in {seconds:.1f} s")
+        if self._on_done is not None:
+            try:
+                self._on_done(result)
+            except Exception as exc:  # a bug in our own callback must still reach the user
+                self._report(exc)
+
+    def _errored(self, exc) -> None:
+        self._report(exc)
+
+    def _report(self, exc) -> None:
+        self.last_error = f"{exc}"
+        self.status.setText(f"error: {exc}")
+        if not isinstance(exc, ValueError):
+            traceback.print_exception(exc)
+        notify_error(f"{self._description} failed: {exc}")
+
+    def _aborted(self) -> None:
+        self.status.setText("cancelled")
+        if self._on_aborted is not None:
+            self._on_aborted()
+
+    def _finished(self) -> None:
+        if self._napari_progress is not None:
+            self._napari_progress.close()
+            self._napari_progress = None
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(1 if self.last_error is None and not self.cancelled else 0)
+
+
+def viewer_slice(viewer, layer) -> tuple[int, int]:
+    """(axis, index) of the slice of ``layer`` the 2D view shows now (axis 0 in 3D view)."""
+    offset = viewer.dims.ndim - 3
+    hidden = [a - offset for a in viewer.dims.not_displayed if a >= offset]
+    axis = hidden[-1] if (viewer.dims.ndisplay == 2 and hidden) else 0
+    return axis, current_index(viewer, layer, axis)
+
+
+def replace_layer(viewer, name: str, data, layer_type: str = "image", **kwargs):
+    """Update a layer named ``name`` in place when it fits, else (re)create it."""
+    if name in viewer.layers:
+        old = viewer.layers[name]
+        if old._type_string == layer_type and old.data.shape == np.shape(data):
+            old.data = data
+            for key, value in kwargs.items():
+                if key in ("name",):
+                    continue
+                try:
+                    setattr(old, key, value)
+                except (AttributeError, ValueError, TypeError):
+                    pass
+            return old
+        viewer.layers.remove(old)
+    add = getattr(viewer, f"add_{layer_type}")
+    return add(data, name=name, **kwargs)

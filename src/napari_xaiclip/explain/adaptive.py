@@ -1,0 +1,71 @@
+"""Adaptive (coarse-to-fine) occlusion, beyond the paper.
+
+Level 0 evaluates windows ``2**levels`` times the final patch size (stride half
+the window) over the ROI or the image. At each next level the window and
+stride halve, and only windows inside the region where the previous level's
+map reaches ``threshold * max`` are evaluated. Each pixel keeps the finest
+level that evaluated it, so the map matches dense occlusion where it matters
+and costs far fewer forward passes elsewhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Context, finish
+from .engine import fill_values, window_boxes, window_sums
+from .occlusion import average, evaluate_windows, occlusion_params, select_windows
+
+__all__ = ["adaptive_occlusion"]
+
+
+def adaptive_occlusion(ctx: Context, patch: int | None = None, stride: int | None = None, fill: str = "zero",
+                       levels: int = 2, threshold: float = 0.25, top_k: float | None = None):
+    """Coarse-to-fine occlusion (generator; returns an Explanation).
+
+    Parameters
+    ----------
+    patch, stride, fill : the finest level, as for occlusion. Defaults: S/16, patch/2, "zero".
+    levels : coarser levels above the finest (window 2**levels * patch first). Default: 2.
+    threshold : refine where the current map's value >= threshold * its maximum. Default: 0.25.
+    top_k : as for occlusion, applied at the coarsest level.
+    """
+    params = occlusion_params(ctx, patch, stride, fill, top_k)
+    if levels < 0:
+        raise ValueError(f"levels must be >= 0, got {levels}")
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    params.update(levels=int(levels), threshold=float(threshold))
+    fills = fill_values(ctx, params["fill"], blur_sigma=params["patch"] / 4)
+    full_grid = window_boxes(ctx.size, params["patch"], params["stride"])
+    heat = torch.zeros(ctx.size, ctx.size, dtype=torch.float32, device=ctx.device)
+    region = None  # pixels to refine (numpy bool)
+    n_eval, per_level = 0, []
+    for level in range(levels, -1, -1):
+        win = min(ctx.size, params["patch"] * 2 ** level)
+        step = max(1, params["stride"] * 2 ** level)
+        boxes = window_boxes(ctx.size, win, step)
+        idx = select_windows(ctx, boxes, params["top_k"] if level == levels else None)
+        if region is not None:
+            idx = idx[window_sums(boxes[idx], region.astype(np.float64)) > 0]
+        boxes = boxes[idx]
+        total = torch.zeros(ctx.size, ctx.size, dtype=torch.float64, device=ctx.device)
+        count = torch.zeros_like(total)
+        attr = np.zeros(len(boxes))
+        for p in evaluate_windows(ctx, boxes, fills, total, count, attr, stage=f"level {levels - level}"):
+            partial = torch.where(count > 0, average(total, count), heat)
+            yield ctx.progress(p.done, p.total, partial, p.stage)
+        level_map = average(total, count)
+        covered = count > 0
+        heat = torch.where(covered, level_map, heat)
+        n_eval += len(boxes)
+        per_level.append({"window": win, "stride": step, "evaluated": len(boxes)})
+        peak = float(heat.abs().max()) if covered.any() else 0.0
+        refine = (heat.abs() >= threshold * peak) & covered if peak > 0 else covered & False
+        region = refine.cpu().numpy()
+        if not region.any():
+            break
+    n_full = len(full_grid)
+    return finish(ctx, "adaptive-occlusion", params, heat, n_patch=n_eval, n_patch_full=n_full,
+                  info={"levels": per_level})

@@ -1,5 +1,95 @@
-"""``xaiclip explain``, ``batch`` and ``components`` subcommands (filled in by the explainer issues)."""
+"""``xaiclip explain`` (and the other explanation subcommands registered in ``COMMANDS``)."""
 
 from __future__ import annotations
 
-COMMANDS: list = []
+import ast
+import sys
+
+from .explain import METHODS
+from .preprocess import PRESETS
+
+__all__ = ["COMMANDS", "parse_params"]
+
+
+def parse_params(items) -> dict:
+    """``["rise.n_masks=500", "occlusion.patch=32"]`` -> {"rise": {"n_masks": 500}, ...}."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise ValueError(f"--param {item!r}: expected METHOD.NAME=VALUE, e.g. rise.n_masks=500")
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        out.setdefault(method, {})[name] = parsed
+    return out
+
+
+def add_case_arguments(p, slice_required: bool = False) -> None:
+    """Arguments shared by ``explain`` and ``components``."""
+    p.add_argument("volume", help="NIfTI volume (.nii / .nii.gz)")
+    where = p.add_mutually_exclusive_group(required=slice_required)
+    where.add_argument("--slice", type=int, help="slice index along --axis (default: the organ's largest slice)")
+    where.add_argument("--slices", help="range A:B of slices (B excluded)")
+    p.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="0 axial, 1 coronal, 2 sagittal")
+    p.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
+                   help="box prompt in slice pixels (columns x, rows y)")
+    p.add_argument("--labels", help="label volume (FLARE22 numbering) for the box, the ROI and ground truth")
+    p.add_argument("--organ", help="organ name (liver, spleen, right kidney, ...) or label number")
+    p.add_argument("--model", default="default", help="segmenter: default, medsam:PATH, sam:vit_b:PATH, ...")
+    p.add_argument("--preprocess", default="none", choices=PRESETS, help="slice preprocessing before the models")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--box-margin", type=int, default=0, help="pixels added around a box taken from labels")
+    p.add_argument("--out", required=True, help="output folder")
+
+
+def _add_explain(sub):
+    p = sub.add_parser("explain", help="explain a segmentation on a slice of a NIfTI volume",
+                       description="Explain the segmenter's output on one slice (or a range) of a volume, "
+                                   "traditional and/or ROI-guided; writes heatmaps as NIfTI in the volume's "
+                                   "geometry, PNG figures and metrics.json/csv.")
+    add_case_arguments(p)
+    p.add_argument("--roi", default="localizer", choices=("localizer", "labels", "none"),
+                   help="where the ROI for ROI-guided mode comes from")
+    p.add_argument("--prompt", help="text prompt for the localizer (default: the organ's name)")
+    p.add_argument("--roi-margin", type=int, default=0, help="dilate the ROI by this many pixels")
+    p.add_argument("--method", nargs="+", default=["occlusion"], choices=METHODS, metavar="M",
+                   help=f"one or more of: {', '.join(METHODS)}")
+    p.add_argument("--mode", default="both", choices=("traditional", "roi", "both"))
+    p.add_argument("--localizer", default="default", help="default, a trained localizer file, or clip:MODEL:TAG")
+    p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE",
+                   help="a method parameter, e.g. rise.n_masks=500 (repeatable)")
+    p.add_argument("--no-curves", action="store_true", help="skip deletion/insertion AUC (saves forward passes)")
+    p.set_defaults(func=cmd_explain)
+
+
+def case_from_args(args, **extra):
+    from .jobs import Case, parse_slices
+
+    slices = [args.slice] if args.slice is not None else (parse_slices(args.slices) if args.slices else None)
+    return Case(volume=args.volume, slices=slices, axis=args.axis, box=tuple(args.box) if args.box else None,
+                labels=args.labels, organ=args.organ, model=args.model, preprocess=args.preprocess,
+                seed=args.seed, box_margin=args.box_margin, **extra)
+
+
+def cmd_explain(args) -> int:
+    from .jobs import CASE_FIELDS, run_case
+    from .reports import format_table
+
+    case = case_from_args(args, roi=args.roi, prompt=args.prompt, methods=list(args.method), modes=(args.mode,),
+                          localizer=args.localizer, params=parse_params(args.param), roi_margin=args.roi_margin,
+                          curves=not args.no_curves)
+
+    def progress(text, done, total):
+        print(f"\r[{done + 1}/{total}] {text:<60}", end="", file=sys.stderr, flush=True)
+
+    records = run_case(case, args.out, on_progress=progress)
+    print(file=sys.stderr)
+    print(format_table(records, CASE_FIELDS))
+    print(f"wrote {args.out}")
+    return 0
+
+
+COMMANDS = [_add_explain]

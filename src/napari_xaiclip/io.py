@@ -11,8 +11,8 @@ voxel for voxel on the source file in its own orientation.
 Example
 -------
 >>> import numpy as np, tempfile, os
->>> from napari_xaiclip.io import Volume, load_volume, save_volume
->>> vol = Volume(np.zeros((4, 5, 6), np.float32), affine=np.diag([2.0, -1.0, -1.0, 1.0]))
+>>> from napari_xaiclip.io import Volume, display_affine, load_volume, save_volume
+>>> vol = Volume(np.zeros((4, 5, 6), np.float32), affine=display_affine((2.0, 1.0, 1.0)))
 >>> vol.spacing
 (2.0, 1.0, 1.0)
 >>> d = tempfile.mkdtemp()
@@ -35,6 +35,7 @@ import numpy as np
 __all__ = [
     "DISPLAY_AXCODES",
     "Volume",
+    "display_affine",
     "is_nifti_path",
     "load_volume",
     "save_volume",
@@ -286,7 +287,8 @@ def save_volume(path: str | os.PathLike, array: np.ndarray, like: Volume | None 
         out = array
         out_affine = like.affine if like is not None else (np.eye(4) if affine is None else affine)
         header = None
-    img = nib.Nifti1Image(np.ascontiguousarray(out), out_affine, header=_clean_header(header))
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    img = image_class(np.ascontiguousarray(out), out_affine, header=_clean_header(header))
     img.set_data_dtype(out.dtype)
     img.header.set_slope_inter(1.0, 0.0)
     if header is None:
@@ -301,7 +303,7 @@ def _clean_header(header):
         return None
     import nibabel as nib
 
-    if not isinstance(header, nib.Nifti1Header):
+    if not isinstance(header, (nib.Nifti1Header, nib.Nifti2Header)):
         header = nib.Nifti1Header.from_header(header)
     header.set_intent("none")
     return header
@@ -353,18 +355,28 @@ def layer_geometry(vol: Volume) -> dict:
     }
 
 
+def display_affine(spacing, translate=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """RAS affine of a volume in display axes (S, P, L) with napari ``scale`` and ``translate``.
+
+    Inverse of :attr:`Volume.translate` for axis-aligned volumes: world
+    coordinates along the display axes are (S, -A, -R).
+    """
+    s = np.asarray(spacing, float)[-3:]
+    t = np.asarray(translate, float)[-3:]
+    affine = np.zeros((4, 4))
+    affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = s[0], -s[1], -s[2], 1.0
+    affine[:3, 3] = [-t[2], -t[1], t[0]]
+    return affine
+
+
 def volume_from_layer_metadata(data: np.ndarray, metadata: dict | None,
                                scale=None, translate=None) -> Volume:
-    """Rebuild a Volume's geometry from a layer's metadata (or its scale alone)."""
+    """Rebuild a Volume's geometry from a layer's metadata (or from its scale and translate alone)."""
     geometry = (metadata or {}).get("xaiclip_geometry")
     data = np.asarray(data)
     if geometry is None:
-        spacing = np.ones(3) if scale is None else np.asarray(scale, dtype=float)[-3:]
-        affine = np.diag([*spacing, 1.0])
-        affine[:3, :3] = np.diag(spacing) * np.array([1.0, -1.0, -1.0])
-        if translate is not None:
-            affine[:3, 3] = np.array([1.0, -1.0, -1.0]) * np.asarray(translate, float)[-3:]
-        return Volume(data, affine)
+        spacing = np.ones(3) if scale is None else scale
+        return Volume(data, display_affine(spacing, (0.0, 0.0, 0.0) if translate is None else translate))
     src = geometry.get("source_affine")
     shape = geometry.get("source_shape")
     src_ornt = geometry.get("source_ornt")

@@ -27,6 +27,7 @@ __all__ = [
     "from_model_input",
     "mr_normalize",
     "rescale_to_uint8",
+    "safe_otsu",
     "to_model_input",
     "window",
     "PRESETS",
@@ -52,13 +53,33 @@ def _finite(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected a 2D slice, got shape {img.shape}")
     ok = np.isfinite(img)
     if ok.all():
-        return img.copy()
+        return _clip_huge(img)
     if not ok.any():
         return np.zeros_like(img)
     lo, hi = img[ok].min(), img[ok].max()
     out = np.where(ok, img, lo)
     out[np.isposinf(img)] = hi
-    return out
+    return _clip_huge(out)
+
+
+def _clip_huge(img: np.ndarray) -> np.ndarray:
+    """Keep max - min finite in float64 (values beyond +-1e300 are clipped)."""
+    return np.clip(img, -1e300, 1e300)
+
+
+def safe_otsu(values: np.ndarray) -> float:
+    """Otsu's threshold, or the midpoint when the range is too narrow (or wide) for its histogram."""
+    from skimage.filters import threshold_otsu
+
+    v = np.asarray(values, np.float64).ravel()
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return lo
+    try:
+        with np.errstate(all="ignore"):  # huge ranges overflow Otsu's variance terms harmlessly
+            return float(threshold_otsu(v))
+    except (ValueError, FloatingPointError):
+        return lo + (hi - lo) / 2
 
 
 def rescale_to_uint8(image: np.ndarray) -> np.ndarray:
@@ -78,11 +99,13 @@ def window(image: np.ndarray, level: float, width: float) -> np.ndarray:
     >>> window(np.array([[-200.0, 40.0, 240.0]]), 40, 400).tolist()
     [[0, 128, 255]]
     """
-    if width <= 0:
-        raise ValueError(f"window width must be positive, got {width}")
+    if not (np.isfinite(width) and width > 0):
+        raise ValueError(f"window width must be a positive number, got {width}")
+    if not np.isfinite(level):
+        raise ValueError(f"window level must be a finite number, got {level}")
     img = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=-np.inf)
     lo = level - width / 2.0
-    out = (np.clip(img, lo, lo + width) - lo) * (255.0 / width)
+    out = (np.clip(img, lo, lo + width) - lo) * 255.0 / width
     return np.round(out).astype(np.uint8)
 
 
@@ -93,8 +116,8 @@ def mr_normalize(image: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.
     if positive.size == 0:
         return np.zeros(img.shape, np.uint8)
     lo, hi = np.percentile(positive, percentiles)
-    if hi <= lo:
-        return np.where(img > lo, 255, 0).astype(np.uint8)
+    if hi <= lo:  # every positive voxel has the same value: show them, not the void
+        return np.where(img > 0, 255, 0).astype(np.uint8)
     return np.round((np.clip(img, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
@@ -108,7 +131,6 @@ def adaptive_enhance_parts(slice2d: np.ndarray, bg_threshold: float | None = Non
     ``bg_threshold``, ``p_low`` and ``p_high`` (as 0-d arrays).
     """
     import cv2
-    from skimage.filters import threshold_otsu
 
     img = _finite(slice2d)
     if not 0 <= percentiles[0] < percentiles[1] <= 100:
@@ -119,7 +141,7 @@ def adaptive_enhance_parts(slice2d: np.ndarray, bg_threshold: float | None = Non
     if len(tiles) != 2 or min(tiles) < 1:
         raise ValueError(f"tile_grid must be two positive ints, got {tile_grid}")
     if bg_threshold is None:
-        bg_threshold = float(threshold_otsu(img)) if img.max() > img.min() else float(img.min())
+        bg_threshold = safe_otsu(img)
     background = img < bg_threshold
     original8 = rescale_to_uint8(img)
     foreground = img[~background]
@@ -130,9 +152,14 @@ def adaptive_enhance_parts(slice2d: np.ndarray, bg_threshold: float | None = Non
         p_low, p_high = (float(v) for v in np.percentile(foreground, percentiles))
         if p_high > p_low:
             stretched = np.round(np.clip((img - p_low) / (p_high - p_low), 0, 1) * 255).astype(np.uint8)
-        else:  # flat foreground: a step at p_low
-            stretched = np.where(img > p_low, 255, 0).astype(np.uint8)
-    clahe = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=tiles).apply(stretched)
+        else:  # flat foreground: white foreground on black
+            stretched = np.where(img >= p_high, 255, 0).astype(np.uint8)
+    if img.max() <= img.min():  # a constant slice holds nothing to enhance
+        stretched = np.zeros(img.shape, np.uint8)
+    if stretched.min() == stretched.max():  # CLAHE would turn a flat image grey
+        clahe = stretched.copy()
+    else:
+        clahe = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=tiles).apply(stretched)
     enhanced = np.where(background, original8, clahe).astype(np.uint8)
     return {
         "background": background, "stretched": stretched, "clahe": clahe,
@@ -247,8 +274,10 @@ def _resize(image: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray
     else:
         interp = cv2.INTER_LINEAR
     src = image.astype(np.uint8) if image.dtype == bool else image
+    if src.dtype in (np.int64, np.uint64, np.uint32):  # OpenCV has no 64-bit integer images
+        src = src.astype(np.int32) if nearest else src.astype(np.float64)
     out = cv2.resize(src, (w, h), interpolation=interp)
-    return out.astype(bool) if image.dtype == bool else out
+    return out.astype(image.dtype) if (image.dtype == bool or nearest) else out
 
 
 def to_model_input(image: np.ndarray, size: int, keep_aspect: bool = False,

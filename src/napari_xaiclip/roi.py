@@ -99,7 +99,7 @@ def roi_from_map(score: np.ndarray, sigma: float = 2.0, threshold: float = 0.5,
 def roi_from_threshold(image: np.ndarray, value: float | None = None, box=None,
                        above: bool = True) -> np.ndarray:
     """Pixels above (or below) ``value`` (Otsu inside the box when ``None``), optionally only inside ``box``."""
-    from skimage.filters import threshold_otsu
+    from .preprocess import safe_otsu
 
     img = np.nan_to_num(_check_2d(image, "slice").astype(np.float64))
     inside = np.ones(img.shape, bool) if box is None else roi_from_box(img.shape, box)
@@ -107,7 +107,7 @@ def roi_from_threshold(image: np.ndarray, value: float | None = None, box=None,
         raise ValueError(f"box {box} does not overlap the {img.shape} slice")
     if value is None:
         region = img[inside]
-        value = float(threshold_otsu(region)) if region.max() > region.min() else float(region.max())
+        value = safe_otsu(region)
     roi = img > value if above else img < value
     return roi & inside
 

@@ -48,7 +48,9 @@ def take_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     """The 2D slice ``index`` along ``axis`` (a view, not a copy)."""
     volume = np.asarray(volume)
     check_slice(volume.shape, axis, int(index))
-    return np.take(volume, int(index), axis=axis) if axis else volume[int(index)]
+    sel = [slice(None)] * 3
+    sel[axis] = int(index)
+    return volume[tuple(sel)]
 
 
 def put_slice(volume: np.ndarray, axis: int, index: int, plane: np.ndarray) -> np.ndarray:

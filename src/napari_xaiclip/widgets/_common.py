@@ -131,13 +131,10 @@ def source_metadata(layer) -> dict:
 
 
 def _affine_from_layer(layer) -> list:
-    """RAS affine for a layer made without this plugin: display axes S, P, L from its scale and translate."""
-    scale = np.asarray(layer.scale, float)[-3:]
-    translate = np.asarray(layer.translate, float)[-3:]
-    affine = np.zeros((4, 4))
-    affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = scale[0], -scale[1], -scale[2], 1.0
-    affine[:3, 3] = [-translate[2], -translate[1], translate[0]]
-    return affine.tolist()
+    """RAS affine for a layer made without this plugin, from its scale and translate."""
+    from ..io import display_affine
+
+    return display_affine(layer.scale, layer.translate).tolist()
 
 
 def slice_layer_kwargs(layer, axis: int, index: int, n_slices: int = 1) -> dict:

@@ -1,0 +1,137 @@
+"""Explain a slice end to end: ROI, box, every method in every mode, metrics.
+
+The GUI, the CLI and batch runs all go through :func:`iter_explain_slice`, so
+they produce the same numbers for the same inputs and seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .explain import Explanation, Progress, iter_explain
+from .metrics import deletion_insertion, heatmap_metrics
+from .roi import clean_roi, roi_bbox, roi_from_map
+
+__all__ = [
+    "METRIC_FIELDS",
+    "SliceResult",
+    "box_from_mask",
+    "expand_modes",
+    "explain_slice",
+    "iter_explain_slice",
+    "localize",
+]
+
+#: Columns of metrics.csv / metrics.json and the metrics dock, in order.
+METRIC_FIELDS = ["method", "mode", "n_forward", "n_patch", "n_patch_full", "rho", "seconds", "gflops",
+                 "dice_vs_baseline", "iou_vs_baseline", "dice_vs_gt", "iou_vs_gt", "pointing_game",
+                 "deletion_auc", "insertion_auc"]
+
+MODES = ("traditional", "roi")
+
+
+@dataclass
+class SliceResult:
+    """One explanation of one slice with its metrics record."""
+
+    explanation: Explanation
+    record: dict = field(default_factory=dict)
+
+
+def expand_modes(modes) -> tuple[str, ...]:
+    """"both" -> ("traditional", "roi"); validates names."""
+    if isinstance(modes, str):
+        modes = (modes,)
+    out = []
+    for m in modes:
+        if m == "both":
+            out += list(MODES)
+        elif m in MODES:
+            out.append(m)
+        else:
+            raise ValueError(f"unknown mode {m!r}; choose traditional, roi or both")
+    return tuple(dict.fromkeys(out))
+
+
+def box_from_mask(mask: np.ndarray, margin: int = 0) -> tuple[int, int, int, int]:
+    """Bounding box (x0, y0, x1, y1) of a mask grown by ``margin`` px, clipped to the slice."""
+    b = roi_bbox(np.asarray(mask, bool))
+    if b is None:
+        raise ValueError("cannot take a box from an empty mask")
+    h, w = np.shape(mask)
+    x0, y0, x1, y1 = b
+    return max(0, x0 - margin), max(0, y0 - margin), min(w, x1 + margin), min(h, y1 + margin)
+
+
+def localize(localizer, slice2d: np.ndarray, prompt: str, sigma: float = 2.0, threshold: float = 0.5,
+             margin: int = 0, largest_component: bool = True, fill_holes: bool = True):
+    """(ROI, score map) from a text prompt through a localizer."""
+    score = localizer.locate(slice2d, prompt)
+    roi = roi_from_map(score, sigma=sigma, threshold=threshold)
+    roi = clean_roi(roi, largest_component=largest_component, fill_holes=fill_holes, margin=margin)
+    return roi, score
+
+
+def _record(ex: Explanation, metrics: dict) -> dict:
+    s = ex.summary()
+    rec = {k: s.get(k) for k in METRIC_FIELDS if k in s}
+    rec.update({k: metrics.get(k) for k in METRIC_FIELDS if k in metrics})
+    for k, v in metrics.items():
+        if k not in rec and not k.endswith("_curve"):
+            rec[k] = v
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in rec.items()}
+
+
+def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[str], modes=("traditional", "roi"),
+                       roi: np.ndarray | None = None, gt: np.ndarray | None = None,
+                       score_map: np.ndarray | None = None, seed: int = 0, params: dict | None = None,
+                       curves: bool = True, curve_steps: int = 50, batch_size="auto",
+                       ) -> Generator[tuple[int, int, str, Progress], None, list[SliceResult]]:
+    """Explain one slice with several methods and modes.
+
+    Yields ``(job, n_jobs, label, progress)``; returns a list of :class:`SliceResult`.
+    ``params`` maps a method name to its keyword parameters.
+
+    Raises
+    ------
+    ValueError
+        ROI mode without an ROI, an empty ROI, unknown methods or modes.
+    """
+    from .explain.base import Context
+
+    modes = expand_modes(modes)
+    if "roi" in modes and (roi is None or not np.any(roi)):
+        raise ValueError("ROI-guided mode needs a non-empty ROI (from a prompt, labels, a threshold or drawn)")
+    params = params or {}
+    jobs = [(m, mode) for m in methods for mode in modes]
+    results = []
+    curve_ctx = Context(segmenter, slice2d, box=box, target="dice", seed=seed) if curves else None
+    for j, (method, mode) in enumerate(jobs):
+        label = f"{method} ({mode})"
+        gen = iter_explain(method, segmenter, slice2d, box=box, roi=roi if mode == "roi" else None, gt=gt,
+                           score_map=score_map, seed=seed, batch_size=batch_size, **params.get(method, {}))
+        while True:
+            try:
+                progress = next(gen)
+            except StopIteration as stop:
+                ex = stop.value
+                break
+            yield j, len(jobs), label, progress
+        metrics = heatmap_metrics(ex.heatmap, ex.baseline_mask, gt)
+        if curve_ctx is not None:
+            metrics.update(deletion_insertion(curve_ctx, ex.model_heatmap, steps=curve_steps, seed=seed))
+        results.append(SliceResult(ex, _record(ex, metrics)))
+    return results
+
+
+def explain_slice(*args, **kwargs) -> list[SliceResult]:
+    """:func:`iter_explain_slice` run to the end."""
+    gen = iter_explain_slice(*args, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

@@ -1,0 +1,127 @@
+"""Figures, metric tables and files of explanations (matplotlib with the Agg backend, atomic writes)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write_bytes, atomic_write_text
+
+__all__ = ["display_slice", "format_table", "markdown_table", "render_panels", "save_figure", "write_metrics"]
+
+HEATMAP_CMAP = "inferno"
+
+
+def display_slice(slice2d: np.ndarray) -> np.ndarray:
+    """A slice in [0, 1] for display: abdomen window for CT in HU, 1-99 % percentiles otherwise."""
+    s = np.nan_to_num(np.asarray(slice2d, np.float64))
+    if s.min() < -500:
+        lo, hi = -160.0, 240.0
+    else:
+        lo, hi = np.percentile(s, [1, 99]) if s.size else (0.0, 1.0)
+    return np.clip((s - lo) / max(hi - lo, 1e-8), 0, 1)
+
+
+def _figure_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def render_panels(slice2d: np.ndarray, panels: Sequence[dict], spacing=(1.0, 1.0), suptitle: str | None = None,
+                  crop_to=None) -> bytes:
+    """PNG bytes of side-by-side panels over one slice.
+
+    Each panel: ``{"title", "heatmap" (H, W) or None, "roi" (H, W) bool or None,
+    "mask" (H, W) bool or None}``. ROI contour in cyan, segmentation contour in
+    yellow, heatmap (positive part) in a perceptual colormap. ``crop_to`` is a
+    (x0, y0, x1, y1) box to zoom on.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    base = display_slice(slice2d)
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.4), squeeze=False)
+    aspect = float(spacing[0]) / float(spacing[1])
+    for ax, panel in zip(axes[0], panels):
+        ax.imshow(base, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
+        heat = panel.get("heatmap")
+        if heat is not None:
+            h = np.clip(np.nan_to_num(np.asarray(heat, np.float64)), 0, None)
+            if h.max() > 0:
+                h = h / h.max()
+                ax.imshow(np.ma.masked_less_equal(h, 0.02), cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=0.65,
+                          aspect=aspect, interpolation="bilinear")
+        for key, colour in (("roi", "cyan"), ("mask", "yellow")):
+            m = panel.get(key)
+            if m is not None and np.any(m):
+                ax.contour(np.asarray(m, float), levels=[0.5], colors=colour, linewidths=1.0)
+        if crop_to is not None:
+            x0, y0, x1, y1 = crop_to
+            ax.set_xlim(x0, x1)
+            ax.set_ylim(y1, y0)
+        ax.set_title(panel.get("title", ""), fontsize=9)
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    data = _figure_bytes(fig)
+    plt.close(fig)
+    return data
+
+
+def save_figure(path, slice2d: np.ndarray, panels: Sequence[dict], **kwargs) -> None:
+    """Write :func:`render_panels` to ``path`` atomically."""
+    atomic_write_bytes(path, render_panels(slice2d, panels, **kwargs))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+    return str(v)
+
+
+def format_table(records: Sequence[dict], fields: Sequence[str]) -> str:
+    """A plain-text table for the terminal."""
+    rows = [[_fmt(r.get(f)) for f in fields] for r in records]
+    widths = [max(len(f), *(len(row[i]) for row in rows)) if rows else len(f) for i, f in enumerate(fields)]
+    line = "  ".join(f.ljust(w) for f, w in zip(fields, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join([line, sep, *body])
+
+
+def markdown_table(records: Sequence[dict], fields: Sequence[str], headers: Sequence[str] | None = None) -> str:
+    headers = list(headers or fields)
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(_fmt(r.get(f)) for f in fields) + " |" for r in records]
+    return "\n".join(out)
+
+
+def write_metrics(out_dir, records: Sequence[dict], fields: Sequence[str], stem: str = "metrics") -> None:
+    """``stem.json`` (list of records) and ``stem.csv`` (``fields`` columns), each written atomically."""
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps(list(records), indent=2, default=_json_default) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+    atomic_write_text(out_dir / f"{stem}.csv", buf.getvalue())
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import sys
+import time
 
 from .explain import METHODS
 from .preprocess import PRESETS
@@ -45,6 +46,32 @@ def add_case_arguments(p, slice_required: bool = False) -> None:
     p.add_argument("--out", required=True, help="output folder")
 
 
+class TerminalProgress:
+    """One status line on stderr, rewritten when the step changes or every half second."""
+
+    def __init__(self, stream=None, interval: float = 0.5):
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self.last = (None, 0.0)
+        self.t0 = time.perf_counter()
+
+    def __call__(self, text: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if text == self.last[0] and now - self.last[1] < self.interval:
+            return
+        self.last = (text, now)
+        line = f"[{done + 1}/{total}] {text} ({now - self.t0:.0f} s)"
+        if self.stream.isatty():
+            print(f"\r{line:<78}", end="", file=self.stream, flush=True)
+        elif text != getattr(self, "_printed", None):
+            self._printed = text
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.stream.isatty():
+            print(file=self.stream)
+
+
 def _add_explain(sub):
     p = sub.add_parser("explain", help="explain a segmentation on a slice of a NIfTI volume",
                        description="Explain the segmenter's output on one slice (or a range) of a volume, "
@@ -82,11 +109,9 @@ def cmd_explain(args) -> int:
                           localizer=args.localizer, params=parse_params(args.param), roi_margin=args.roi_margin,
                           curves=not args.no_curves)
 
-    def progress(text, done, total):
-        print(f"\r[{done + 1}/{total}] {text:<60}", end="", file=sys.stderr, flush=True)
-
+    progress = TerminalProgress()
     records = run_case(case, args.out, on_progress=progress)
-    print(file=sys.stderr)
+    progress.close()
     print(format_table(records, CASE_FIELDS))
     print(f"wrote {args.out}")
     return 0

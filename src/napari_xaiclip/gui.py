@@ -28,15 +28,47 @@ def open_volume(viewer, volume: str | None = None, labels: str | None = None, mo
 
 
 def dock_widgets(viewer) -> dict:
-    """Dock every plugin widget in working order; returns {title: widget}."""
+    """Dock every plugin widget in working order; returns {title: widget}.
+
+    The slice picker sits on top, the four steps (preprocessing, ROI,
+    segmentation, explainers) share a tabbed dock below it, metrics at the bottom.
+    """
+    from qtpy.QtWidgets import QScrollArea
+
     from .widgets import DOCK_ORDER
 
-    docked = {}
-    for title, cls in DOCK_ORDER:
+    docked, docks = {}, {}
+    first_in_group: dict = {}
+    for title, cls, area, group in DOCK_ORDER:
         widget = cls(viewer)
-        viewer.window.add_dock_widget(widget, name=title, area="right", tabify=False)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(widget)
+        tab_with = first_in_group.get(group) if group else None
+        dock = viewer.window.add_dock_widget(scroll, name=title, area=area, tabify=False)
+        if tab_with is not None:
+            viewer.window._qt_window.tabifyDockWidget(tab_with, dock)
+        elif group:
+            first_in_group[group] = dock
         docked[title] = widget
+        docks[title] = dock
+    for dock in first_in_group.values():
+        dock.raise_()
+    _size_docks(viewer, docks)
     return docked
+
+
+def _size_docks(viewer, docks: dict) -> None:
+    """Give the step tabs most of the right column and the metrics table a modest strip."""
+    from qtpy.QtCore import Qt
+
+    window = viewer.window._qt_window
+    if "Slice picker" in docks:
+        docks["Slice picker"].setMaximumHeight(210)
+        window.resizeDocks([docks["Slice picker"]], [470], Qt.Orientation.Horizontal)
+    if "Metrics" in docks:
+        docks["Metrics"].setMinimumHeight(230)
+        window.resizeDocks([docks["Metrics"]], [240], Qt.Orientation.Vertical)
 
 
 def launch(volume: str | None = None, labels: str | None = None, modality: str = "ct", block: bool = True,
@@ -49,6 +81,8 @@ def launch(volume: str | None = None, labels: str | None = None, modality: str =
     viewer = viewer or napari.Viewer(title="napari-xaiclip")
     layer = open_volume(viewer, volume, labels, modality)
     widgets = dock_widgets(viewer)
+    if layer is not None:
+        viewer.layers.selection.active = layer
     picker = widgets.get("Slice picker")
     if picker is not None and layer is not None:
         picker.layer_choice.set_layer(layer.name)

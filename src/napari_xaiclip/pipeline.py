@@ -88,12 +88,13 @@ def _record(ex: Explanation, metrics: dict) -> dict:
 def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[str], modes=("traditional", "roi"),
                        roi: np.ndarray | None = None, gt: np.ndarray | None = None,
                        score_map: np.ndarray | None = None, seed: int = 0, params: dict | None = None,
-                       curves: bool = True, curve_steps: int = 50, batch_size="auto",
+                       curves: bool = True, curve_steps: int = 50, batch_size="auto", target: str = "dice",
                        ) -> Generator[tuple[int, int, str, Progress], None, list[SliceResult]]:
     """Explain one slice with several methods and modes.
 
     Yields ``(job, n_jobs, label, progress)``; returns a list of :class:`SliceResult`.
-    ``params`` maps a method name to its keyword parameters.
+    ``params`` maps a method name to its keyword parameters; ``target`` is the
+    explained target (deletion/insertion always use Dice against the baseline).
 
     Raises
     ------
@@ -112,7 +113,8 @@ def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[st
     for j, (method, mode) in enumerate(jobs):
         label = f"{method} ({mode})"
         gen = iter_explain(method, segmenter, slice2d, box=box, roi=roi if mode == "roi" else None, gt=gt,
-                           score_map=score_map, seed=seed, batch_size=batch_size, **params.get(method, {}))
+                           score_map=score_map, seed=seed, batch_size=batch_size, target=target,
+                           **params.get(method, {}))
         while True:
             try:
                 progress = next(gen)

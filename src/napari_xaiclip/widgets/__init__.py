@@ -3,13 +3,22 @@
 Nothing outside this package (and the reader/writer/sample hooks) imports Qt.
 """
 
+from .explainer import ExplainerWidget
+from .metrics import MetricsWidget
 from .preprocessing import PreprocessingWidget
+from .roi import RoiWidget
+from .segmentation import SegmentationWidget
 from .slice_picker import SlicePickerWidget
 
-__all__ = ["PreprocessingWidget", "SlicePickerWidget", "DOCK_ORDER"]
+__all__ = ["DOCK_ORDER", "ExplainerWidget", "MetricsWidget", "PreprocessingWidget", "RoiWidget",
+           "SegmentationWidget", "SlicePickerWidget"]
 
-#: (title, widget class) in the order `xaiclip gui` docks them.
+#: (title, widget class, dock area, tab group) in the order `xaiclip gui` docks them.
 DOCK_ORDER = [
-    ("Slice picker", SlicePickerWidget),
-    ("Preprocessing", PreprocessingWidget),
+    ("Slice picker", SlicePickerWidget, "right", None),
+    ("1 Preprocessing", PreprocessingWidget, "right", "steps"),
+    ("2 ROI", RoiWidget, "right", "steps"),
+    ("3 Segmentation", SegmentationWidget, "right", "steps"),
+    ("4 Explainers", ExplainerWidget, "right", "steps"),
+    ("Metrics", MetricsWidget, "bottom", None),
 ]

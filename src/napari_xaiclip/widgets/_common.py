@@ -338,3 +338,102 @@ def replace_layer(viewer, name: str, data, layer_type: str = "image", **kwargs):
         viewer.layers.remove(old)
     add = getattr(viewer, f"add_{layer_type}")
     return add(data, name=name, **kwargs)
+
+
+ROI_NAME = "ROI"
+SEGMENTATION_NAME = "segmentation"
+BOX_LAYER_NAME = "box prompt"
+
+
+def image_slice_coords(image_layer, other_layer, vertices: np.ndarray) -> np.ndarray:
+    """Vertices in ``other_layer``'s data coordinates -> the image layer's data coordinates."""
+    world = np.asarray([other_layer.data_to_world(v) for v in np.asarray(vertices, float)])
+    return np.asarray([image_layer.world_to_data(w) for w in world])
+
+
+def roi_layer(viewer, image_layer, create: bool = True):
+    """The "ROI" labels layer for ``image_layer`` (same shape and geometry), made when missing.
+
+    A ROI layer of another shape (another volume) is kept under a new name, never overwritten.
+    """
+    shape = tuple(image_layer.data.shape[-3:])
+    if ROI_NAME in viewer.layers:
+        layer = viewer.layers[ROI_NAME]
+        if tuple(layer.data.shape) == shape:
+            return layer
+        layer.name = f"{ROI_NAME} ({'x'.join(map(str, layer.data.shape))})"
+    if not create:
+        return None
+    meta = source_metadata(image_layer)
+    layer = viewer.add_labels(np.zeros(shape, np.uint8), name=ROI_NAME, metadata=meta, opacity=0.45,
+                              **geometry_kwargs(image_layer))
+    layer.colormap = _roi_colormap()
+    return layer
+
+
+def _roi_colormap():
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "cyan"})
+
+
+def roi_slice(viewer, image_layer, axis: int, index: int):
+    """The ROI on one slice as it is now (brush edits included), or None without an ROI layer."""
+    from ..slicing import take_slice
+
+    layer = roi_layer(viewer, image_layer, create=False)
+    if layer is None:
+        return None
+    return np.asarray(take_slice(np.asarray(layer.data), axis, index)) > 0
+
+
+def box_from_shapes(viewer, image_layer, axis: int, index: int):
+    """(x0, y0, x1, y1) of the last rectangle drawn on this slice in the "box prompt" layer, or None."""
+    if BOX_LAYER_NAME not in viewer.layers:
+        return None
+    shapes = viewer.layers[BOX_LAYER_NAME]
+    for kind, verts in reversed(list(zip(shapes.shape_type, shapes.data))):
+        if kind != "rectangle":
+            continue
+        v = image_slice_coords(image_layer, shapes, verts)[:, -3:]
+        if not np.allclose(v[:, axis], index, atol=0.51):
+            continue
+        plane = np.delete(v, axis, axis=1)  # (rows, cols) of the slice
+        r0, c0 = plane.min(0) + 0.5
+        r1, c1 = plane.max(0) + 0.5
+        return float(c0), float(r0), float(c1), float(r1)
+    return None
+
+
+def find_box(viewer, image_layer, axis: int, index: int, margin: int = 5):
+    """The box prompt for a slice and where it came from.
+
+    Order: a rectangle in the "box prompt" layer on this slice; the box the
+    segmentation used on this slice; the ROI's bounding box grown by ``margin``.
+    """
+    from ..pipeline import box_from_mask
+
+    box = box_from_shapes(viewer, image_layer, axis, index)
+    if box is not None:
+        return box, "box prompt layer"
+    if SEGMENTATION_NAME in viewer.layers:
+        boxes = viewer.layers[SEGMENTATION_NAME].metadata.get("xaiclip_boxes", {})
+        key = f"{axis}:{index}"
+        if key in boxes:
+            return tuple(boxes[key]), "segmentation box"
+    roi = roi_slice(viewer, image_layer, axis, index)
+    if roi is not None and roi.any():
+        return box_from_mask(roi, margin), "ROI bounding box"
+    raise ValueError(f"no box prompt for slice {index}: draw a rectangle in the '{BOX_LAYER_NAME}' layer "
+                     "or make an ROI first")
+
+
+def ensure_box_layer(viewer, image_layer):
+    """A Shapes layer for box prompts, aligned with the image, in rectangle mode."""
+    if BOX_LAYER_NAME in viewer.layers:
+        return viewer.layers[BOX_LAYER_NAME]
+    kw = geometry_kwargs(image_layer)
+    layer = viewer.add_shapes(name=BOX_LAYER_NAME, ndim=3, edge_color="yellow", face_color="transparent",
+                              edge_width=1.5, **kw)
+    layer.mode = "add_rectangle"
+    return layer

@@ -1,0 +1,126 @@
+"""SegX maps and the SegU uncertainty score over any base explainer (DESIGN.md 2.4).
+
+* **SegX** = explanation x baseline segmentation mask (zero outside the mask).
+* **display** = the top ``top_percent`` % of the mask's pixels by SegX value, the
+  other pixels 0.
+* **SegU** = 1 - (positive explanation mass inside the clinically relevant region
+  / total positive mass), in [0, 1]: 0 when the explanation lies entirely in the
+  region, 1 when it lies entirely outside (or has no positive mass). The region is
+  the ROI when one is given, else the baseline mask.
+
+Maps are oriented so that high = important: every base method's own sign,
+except ``"causal"`` whose map is negated (its negative values mark support).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from .base import Context, finish
+
+__all__ = ["segu", "segx"]
+
+
+def segu(heatmap: np.ndarray, region: np.ndarray) -> float:
+    """SegU = 1 - (positive mass of ``heatmap`` inside ``region``) / (total positive mass).
+
+    Parameters
+    ----------
+    heatmap : (H, W) float; NaN counts as 0, negative values are ignored.
+    region : (H, W) bool, the clinically relevant region.
+
+    Returns
+    -------
+    float in [0, 1]; 1.0 when the map has no positive mass (it points nowhere).
+
+    Raises
+    ------
+    ValueError
+        Shapes differ.
+
+    >>> h = np.zeros((4, 4)); h[0, 0] = 3.0; h[3, 3] = 1.0
+    >>> r = np.zeros((4, 4), bool); r[:2, :2] = True
+    >>> segu(h, r)
+    0.25
+    >>> segu(h, np.ones((4, 4), bool)), segu(h, np.zeros((4, 4), bool)), segu(np.zeros((4, 4)), r)
+    (0.0, 1.0, 1.0)
+    """
+    h = np.clip(np.nan_to_num(np.asarray(heatmap, np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0, None)
+    r = np.asarray(region, bool)
+    if h.shape != r.shape:
+        raise ValueError(f"heatmap of shape {h.shape} does not match the region {r.shape}")
+    total = h.sum()
+    if total <= 0:
+        return 1.0
+    return float(np.clip(1.0 - h[r].sum() / total, 0.0, 1.0))
+
+
+def top_percent_mask(values: np.ndarray, mask: np.ndarray, percent: float) -> np.ndarray:
+    """The ``percent`` % highest-valued pixels inside ``mask`` (at least one when the mask is not empty).
+
+    >>> v = np.arange(16.0).reshape(4, 4); m = np.zeros((4, 4), bool); m[2:] = True
+    >>> np.argwhere(top_percent_mask(v, m, 25.0)).tolist()
+    [[3, 2], [3, 3]]
+    """
+    v = np.nan_to_num(np.asarray(values, np.float64), nan=-np.inf)
+    idx = np.flatnonzero(np.asarray(mask, bool))
+    out = np.zeros(v.size, bool)
+    if idx.size:
+        k = min(idx.size, max(1, int(round(percent / 100.0 * idx.size))))
+        out[idx[np.argsort(-v.ravel()[idx], kind="stable")[:k]]] = True
+    return out.reshape(v.shape)
+
+
+def segx(ctx: Context, base: str = "occlusion", base_params: dict | None = None, top_percent: float = 5.0):
+    """SegX / SegU over a base explainer (generator; returns an Explanation).
+
+    Parameters
+    ----------
+    base : name of the base explainer (any of ``explain``'s methods but "segx"). Default: "occlusion".
+    base_params : the base explainer's own parameters. Default: its defaults.
+    top_percent : share of the mask's pixels kept in the display map. Default: 5.0.
+
+    The heatmap is the SegX map; ``maps`` holds "segx", "display" and "base" (the
+    base explainer's map); ``info["segu"]`` is SegU, ``info["base"]`` the base
+    method, ``info["base_info"]`` its own info. Forward passes, cost and the
+    patch counts are the base explainer's (it runs in the same context).
+
+    Raises
+    ------
+    ValueError
+        Unknown or recursive base, unknown base parameters, top_percent outside (0, 100].
+    """
+    from . import _methods
+
+    table = _methods()
+    if base == "segx" or base not in table:
+        raise ValueError(f"unknown base explainer {base!r} for segx; choose from "
+                         f"{', '.join(sorted(k for k in table if k != 'segx'))}")
+    if not 0 < float(top_percent) <= 100:
+        raise ValueError(f"top_percent is a percentage in (0, 100], got {top_percent}")
+    fn = table[base]
+    base_params = dict(base_params or {})
+    known = [k for k in inspect.signature(fn).parameters if k != "ctx"]
+    unknown = set(base_params) - set(known)
+    if unknown:
+        raise ValueError(f"unknown parameters for {base}: {sorted(unknown)}; known: {sorted(known)}")
+    inner = yield from fn(ctx, **base_params)
+    base_map = np.nan_to_num(np.asarray(inner.model_heatmap, np.float64))
+    expl = -base_map if base == "causal" else base_map
+    mask = ctx.base_mask.cpu().numpy()
+    seg_map = np.where(mask, expl, 0.0)
+    display = np.where(top_percent_mask(seg_map, mask, float(top_percent)), seg_map, 0.0)
+    region = ctx.roi_model.cpu().numpy() if ctx.roi_model is not None else mask
+    score = segu(expl, region)
+    gflops_one = float(ctx.seg.gflops)
+    extra = inner.gflops - gflops_one * ctx.n_forward
+    backward = int(round(extra / (2 * gflops_one))) if gflops_one > 0 and extra > 0 else 0
+    params = {"base": base, "base_params": inner.params, "top_percent": float(top_percent)}
+    info = {"segu": score, "base": base, "segu_region": "roi" if ctx.roi_model is not None else "baseline mask",
+            "base_info": inner.info}
+    yield ctx.progress(1, 1, seg_map.astype(np.float32), "segx")
+    return finish(ctx, "segx", params, seg_map.astype(np.float32), n_patch=inner.n_patch,
+                  n_patch_full=inner.n_patch_full, info=info, backward_passes=backward,
+                  maps_model={"segx": seg_map, "display": display, "base": base_map})

@@ -1,0 +1,294 @@
+"""Explainer widget: run a method in traditional and/or ROI-guided mode in a
+background worker, watch the heatmap fill in, cancel at any time.
+
+Heatmaps land as image layers ``"<image> · <method> (<mode>)"`` holding only
+the explained slice(s), translated onto the volume, with parameters, cost and
+metrics in ``metadata["xaiclip_records"]`` (the metrics dock lists them).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..slicing import put_slice, take_slice
+from ._common import (
+    LayerChoice,
+    RunPanel,
+    find_box,
+    notify_error,
+    replace_layer,
+    roi_slice,
+    slice_layer_kwargs,
+    viewer_slice,
+    volume_of,
+)
+from .model_choice import SegmenterChoice
+from .params import ParamForm
+
+if TYPE_CHECKING:
+    import napari
+
+GUI_METHODS = ["occlusion", "adaptive-occlusion", "rise", "lime", "ig", "gradcam", "causal", "segx"]
+MODES = {"ROI-guided and traditional": ("traditional", "roi"), "ROI-guided": ("roi",),
+         "traditional (whole image)": ("traditional",)}
+TARGETS = {"Dice vs baseline mask": "dice", "soft Dice": "soft-dice", "mean probability in ROI": "roi-prob",
+           "Dice vs ground truth": "gt-dice"}
+HEATMAP_COLORMAP = "inferno"
+
+
+def heatmap_layer_name(image: str, method: str, mode: str) -> str:
+    return f"{image} · {method} ({mode})"
+
+
+def _busy(viewer) -> set:
+    """Names of layers a worker is writing now (one set per viewer, not a global)."""
+    if not hasattr(viewer, "_xaiclip_busy_layers"):
+        viewer._xaiclip_busy_layers = set()
+    return viewer._xaiclip_busy_layers
+
+
+class ExplainerWidget(QWidget):
+    """Choose a method, its parameters, the mode and the model; explain the current slice or a range."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer", parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.image = LayerChoice(napari_viewer, ("image",))
+        self.method = QComboBox()
+        from ..explain import _methods
+
+        for m in GUI_METHODS:
+            if m in _methods():
+                self.method.addItem(m)
+        self.params = ParamForm()
+        self.mode = QComboBox()
+        self.mode.addItems(list(MODES))
+        self.target = QComboBox()
+        self.target.addItems(list(TARGETS))
+        self.model = SegmenterChoice()
+        self.batch = QSpinBox()
+        self.batch.setRange(0, 4096)
+        self.batch.setSpecialValueText("auto")
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.current = QRadioButton("current slice")
+        self.current.setChecked(True)
+        self.range = QRadioButton("range")
+        self.first, self.last = QSpinBox(), QSpinBox()
+        for s in (self.first, self.last):
+            s.setRange(0, 100000)
+        self.gt = LayerChoice(napari_viewer, ("labels",), allow_none=True)
+        self.gt_value = QSpinBox()
+        self.gt_value.setRange(0, 65535)
+        self.gt_value.setValue(1)
+        self.curves = QCheckBox("deletion / insertion AUC (102 more forward passes)")
+        self.curves.setChecked(True)
+        self.run = RunPanel("Explain")
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        slices = QHBoxLayout()
+        for w in (self.current, self.range, self.first, QLabel("to"), self.last):
+            slices.addWidget(w)
+        gt_row = QHBoxLayout()
+        gt_row.addWidget(self.gt, 1)
+        gt_row.addWidget(QLabel("label"))
+        gt_row.addWidget(self.gt_value)
+        box = QGroupBox("Parameters")
+        QVBoxLayout(box).addWidget(self.params)
+        form = QFormLayout()
+        form.addRow("Image", self.image)
+        form.addRow("Method", self.method)
+        form.addRow("Mode", self.mode)
+        form.addRow("Target", self.target)
+        form.addRow("Slices", slices)
+        form.addRow("Ground truth", gt_row)
+        form.addRow("Batch size", self.batch)
+        form.addRow("Seed", self.seed)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(box)
+        lay.addWidget(self.model)
+        lay.addWidget(self.curves)
+        lay.addWidget(self.run)
+        lay.addWidget(self.summary)
+        lay.addStretch(1)
+        self.method.currentTextChanged.connect(self.params.set_method)
+        self.params.set_method(self.method.currentText())
+        self.run.run_button.clicked.connect(self.explain)
+        self.layers_written: list[str] = []
+
+    # --- inputs --------------------------------------------------------------
+    def _indices(self, layer) -> tuple[int, list[int]]:
+        axis, index = viewer_slice(self.viewer, layer)
+        if self.current.isChecked():
+            return axis, [index]
+        lo, hi = sorted((self.first.value(), self.last.value()))
+        if hi >= layer.data.shape[-3:][axis]:
+            raise ValueError(f"slice range {lo}..{hi} is outside the volume along axis {axis}")
+        return axis, list(range(lo, hi + 1))
+
+    def collect_inputs(self) -> dict:
+        """Everything the worker needs, read from the layers now (the ROI as it is at this moment)."""
+        layer = self.image.layer()
+        volume = volume_of(layer)
+        axis, indices = self._indices(layer)
+        modes = MODES[self.mode.currentText()]
+        target = TARGETS[self.target.currentText()]
+        gt_layer = self.gt.layer()
+        if target == "gt-dice" and gt_layer is None:
+            raise ValueError("target 'Dice vs ground truth' needs a ground-truth labels layer")
+        if gt_layer is not None and tuple(gt_layer.data.shape[-3:]) != volume.shape:
+            raise ValueError(f"ground truth {gt_layer.name!r} does not match the image's shape {volume.shape}")
+        jobs = []
+        for index in indices:
+            box, _ = find_box(self.viewer, layer, axis, index)
+            roi = roi_slice(self.viewer, layer, axis, index)
+            if "roi" in modes and (roi is None or not roi.any()):
+                raise ValueError(f"ROI-guided mode needs an ROI on slice {index}: use the ROI widget or paint one")
+            gt = None
+            if gt_layer is not None:
+                gt = np.asarray(take_slice(np.asarray(gt_layer.data), axis, index)) == self.gt_value.value()
+            jobs.append({"index": index, "plane": np.array(take_slice(volume, axis, index)), "box": box,
+                         "roi": roi if "roi" in modes else None, "gt": gt, "score": self._score_map(axis, index)})
+        method = self.method.currentText()
+        params = {k: v for k, v in self.params.values().items() if v is not None}
+        return {"layer": layer, "axis": axis, "indices": indices, "modes": modes, "target": target,
+                "method": method, "params": params, "jobs": jobs, "spec": self.model.spec(),
+                "device": self.model.device_name(), "batch": self.batch.value() or "auto",
+                "seed": self.seed.value(), "curves": self.curves.isChecked()}
+
+    def _score_map(self, axis, index):
+        if "localizer map" not in self.viewer.layers:
+            return None
+        meta = self.viewer.layers["localizer map"].metadata.get("xaiclip_slice", {})
+        if meta.get("axis") != axis or meta.get("index") != index:
+            return None
+        return np.asarray(take_slice(self.viewer.layers["localizer map"].data, axis, 0))
+
+    # --- run -----------------------------------------------------------------
+    def explain(self) -> None:
+        try:
+            job = self.collect_inputs()
+        except ValueError as exc:
+            notify_error(str(exc))
+            return
+        names = {mode: heatmap_layer_name(job["layer"].name, job["method"], mode) for mode in job["modes"]}
+        busy = _busy(self.viewer)
+        if busy & set(names.values()):
+            notify_error("another run is writing these heatmap layers; wait for it or cancel it")
+            return
+        layers = self._prepare_layers(job, names)
+        busy.update(names.values())
+        self.layers_written = list(names.values())
+        worker_fn = _make_worker(job)
+
+        def on_progress(done, total, payload):
+            k, mode, heat = payload
+            if heat is not None:
+                self._show(layers[mode], job["axis"], k, heat)
+
+        def finished_cleanup():
+            busy.difference_update(names.values())
+
+        def done(results):
+            finished_cleanup()
+            self._finish(job, layers, results)
+
+        def aborted():
+            finished_cleanup()
+            for layer in layers.values():
+                layer.metadata["xaiclip_partial"] = True
+                if not layer.name.endswith("[partial]"):
+                    layer.name = f"{layer.name} [partial]"
+
+        started = self.run.start(worker_fn, on_progress=on_progress, on_done=done, on_aborted=aborted,
+                                 description=f"{job['method']} on {job['layer'].name}")
+        if started:
+            self.run.worker.errored.connect(lambda *_: finished_cleanup())
+        else:
+            finished_cleanup()
+
+    def _prepare_layers(self, job, names) -> dict:
+        layer, axis, indices = job["layer"], job["axis"], job["indices"]
+        plane_shape = job["jobs"][0]["plane"].shape
+        shape = list(plane_shape)
+        shape.insert(axis, len(indices))
+        out = {}
+        for mode, name in names.items():
+            kw = slice_layer_kwargs(layer, axis, indices[0], len(indices))
+            out[mode] = replace_layer(self.viewer, name, np.zeros(shape, np.float32), "image",
+                                      colormap=HEATMAP_COLORMAP, blending="additive", opacity=0.8,
+                                      contrast_limits=(0.0, 1.0), **kw)
+            out[mode].metadata.update(kw["metadata"])
+            out[mode].metadata.pop("xaiclip_partial", None)
+        return out
+
+    def _show(self, layer, axis, k, heat) -> None:
+        data = layer.data
+        put_slice(data, axis, k, np.nan_to_num(heat).astype(np.float32))
+        peak = float(np.nanmax(data)) if data.size else 0.0
+        layer.contrast_limits = (0.0, peak if peak > 0 else 1.0)
+        layer.refresh()
+
+    def _finish(self, job, layers, results) -> None:
+        run_id = uuid.uuid4().hex[:8]
+        records = {mode: [] for mode in layers}
+        for k, index, result in results:
+            ex = result.explanation
+            self._show(layers[ex.mode], job["axis"], k, ex.heatmap)
+            rec = {"image": job["layer"].name, "axis": job["axis"], "slice": index, "run_id": run_id,
+                   "model": job["spec"], "target": ex.target, **result.record,
+                   "params": ex.params, "layer": layers[ex.mode].name}
+            records[ex.mode].append(rec)
+        for mode, layer in layers.items():
+            layer.metadata["xaiclip_records"] = records[mode]
+            layer.metadata["xaiclip_run_id"] = run_id
+            layer.events.data()  # lets the metrics dock pick up the records
+        first = [r for recs in records.values() for r in recs]
+        text = "; ".join(f"{r['mode']}: {r['n_forward']} passes, {r['seconds']:.1f} s"
+                         + (f", rho {r['rho']:.2f}" if r.get("rho") is not None else "") for r in first[:4])
+        self.summary.setText(text)
+
+
+def _make_worker(job):
+    """The generator run in the worker: every slice x mode through the shared pipeline."""
+    from ..models import load_segmenter
+    from ..pipeline import iter_explain_slice
+
+    def work():
+        seg = load_segmenter(job["spec"], job["device"])
+        out = []
+        n = len(job["jobs"])
+        for k, item in enumerate(job["jobs"]):
+            gen = iter_explain_slice(seg, item["plane"], item["box"], [job["method"]], job["modes"],
+                                     roi=item["roi"], gt=item["gt"], score_map=item["score"], seed=job["seed"],
+                                     params={job["method"]: job["params"]}, curves=job["curves"],
+                                     batch_size=job["batch"], target=job["target"])
+            while True:
+                try:
+                    j, n_jobs, label, p = next(gen)
+                except StopIteration as stop:
+                    results = stop.value
+                    break
+                frac = (k * n_jobs + j + (p.done / max(p.total, 1))) / (n * n_jobs)
+                mode = job["modes"][j % len(job["modes"])]
+                yield int(frac * 1000), 1000, (k, mode, p.slice_heatmap())
+            out += [(k, item["index"], r) for r in results]
+        return out
+
+    return work

@@ -1,0 +1,402 @@
+"""ROI widget: an editable "ROI" labels layer from a text prompt (CLIP localizer),
+the segmenter with a box, a threshold, an existing labels layer, or by hand.
+
+The ROI layer has the volume's shape and geometry; each run fills the current
+slice (or a range). Brush and eraser edits are kept: every explainer reads the
+ROI as it is when it starts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..roi import clean_roi, roi_area, roi_bbox, roi_from_labels, roi_from_map, roi_from_threshold
+from ..slicing import put_slice, slice_layer_data, take_slice
+from ._common import (
+    LayerChoice,
+    RunPanel,
+    box_from_shapes,
+    ensure_box_layer,
+    notify_error,
+    replace_layer,
+    roi_layer,
+    roi_slice,
+    slice_layer_kwargs,
+    viewer_slice,
+    volume_of,
+)
+from .model_choice import LocalizerChoice, SegmenterChoice
+
+if TYPE_CHECKING:
+    import napari
+
+SOURCES = ("prompt", "segmenter", "threshold", "labels", "draw")
+
+
+def _dspin(lo, hi, value, step=0.1, decimals=2):
+    w = QDoubleSpinBox()
+    w.setRange(lo, hi)
+    w.setDecimals(decimals)
+    w.setSingleStep(step)
+    w.setValue(value)
+    return w
+
+
+class RoiWidget(QWidget):
+    """Make and inspect the ROI that ROI-guided explainers perturb."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer", parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.image = LayerChoice(napari_viewer, ("image",))
+        self.current = QRadioButton("current slice")
+        self.current.setChecked(True)
+        self.range = QRadioButton("range")
+        self.first = QSpinBox()
+        self.last = QSpinBox()
+        for s in (self.first, self.last):
+            s.setRange(0, 100000)
+        slices = QHBoxLayout()
+        for w in (self.current, self.range, self.first, QLabel("to"), self.last):
+            slices.addWidget(w)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self._prompt_tab(), "Prompt")
+        self.tabs.addTab(self._segmenter_tab(), "Box")
+        self.tabs.addTab(self._threshold_tab(), "Threshold")
+        self.tabs.addTab(self._labels_tab(), "Labels")
+        self.tabs.addTab(self._draw_tab(), "Draw")
+        self.sigma = _dspin(0, 20, 2.0, 0.5, 1)
+        self.cut = _dspin(0, 1, 0.5, 0.05)
+        self.margin = QSpinBox()
+        self.margin.setRange(-50, 100)
+        self.largest = QCheckBox("keep largest component")
+        self.largest.setChecked(True)
+        self.holes = QCheckBox("fill holes")
+        self.holes.setChecked(True)
+        post = QFormLayout()
+        post.addRow("Margin (px)", self.margin)
+        checks = QHBoxLayout()
+        checks.addWidget(self.largest)
+        checks.addWidget(self.holes)
+        post.addRow(checks)
+        self.run = RunPanel("Compute ROI")
+        self.info = QLabel("no ROI yet")
+        self.info.setWordWrap(True)
+        form = QFormLayout()
+        form.addRow("Image", self.image)
+        form.addRow("Slices", slices)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.tabs)
+        lay.addLayout(post)
+        lay.addWidget(self.run)
+        lay.addWidget(self.info)
+        lay.addStretch(1)
+        self.run.run_button.clicked.connect(self.compute)
+        napari_viewer.dims.events.point.connect(self.update_info)
+        napari_viewer.layers.events.inserted.connect(self._watch_roi)
+        self._watch_roi()
+
+    # --- tabs ----------------------------------------------------------
+    def _prompt_tab(self):
+        w = QWidget()
+        self.localizer = LocalizerChoice()
+        self.prompt = QLineEdit("liver")
+        self.classes = QComboBox()
+        self.classes.addItem("(classes of the localizer)")
+        self.load_classes = QPushButton("List classes")
+        self.load_classes.clicked.connect(self._list_classes)
+        self.classes.activated.connect(self._class_chosen)
+        self.prompt_sigma = _dspin(0, 20, 2.0, 0.5, 1)
+        self.prompt_threshold = _dspin(0, 1, 0.5, 0.05)
+        row = QHBoxLayout()
+        row.addWidget(self.classes, 1)
+        row.addWidget(self.load_classes)
+        form = QFormLayout(w)
+        form.addRow(self.localizer)
+        form.addRow("Text prompt", self.prompt)
+        form.addRow("Classes", row)
+        form.addRow("Smoothing sigma (px)", self.prompt_sigma)
+        form.addRow("Threshold", self.prompt_threshold)
+        return w
+
+    def _segmenter_tab(self):
+        w = QWidget()
+        self.segmenter = SegmenterChoice()
+        self.draw_box = QPushButton("Draw a box (rectangle in 'box prompt')")
+        self.draw_box.clicked.connect(self._start_box)
+        self.box_from_roi = QCheckBox("use the current ROI's bounding box when no box is drawn")
+        self.box_from_roi.setChecked(True)
+        form = QFormLayout(w)
+        form.addRow(self.draw_box)
+        form.addRow(self.box_from_roi)
+        form.addRow(self.segmenter)
+        return w
+
+    def _threshold_tab(self):
+        w = QWidget()
+        self.otsu = QCheckBox("Otsu")
+        self.otsu.setChecked(True)
+        self.level = _dspin(-1e5, 1e5, 100.0, 10, 1)
+        self.below = QCheckBox("keep values below instead of above")
+        self.in_box = QCheckBox("only inside the drawn box")
+        form = QFormLayout(w)
+        row = QHBoxLayout()
+        row.addWidget(self.otsu)
+        row.addWidget(self.level, 1)
+        form.addRow("Threshold", row)
+        form.addRow(self.below)
+        form.addRow(self.in_box)
+        return w
+
+    def _labels_tab(self):
+        w = QWidget()
+        self.labels = LayerChoice(self.viewer, ("labels",))
+        self.label_value = QComboBox()
+        self.label_value.setEditable(True)
+        self.labels.currentIndexChanged.connect(self._fill_label_values)
+        form = QFormLayout(w)
+        form.addRow("Labels layer", self.labels)
+        form.addRow("Label", self.label_value)
+        self._fill_label_values()
+        return w
+
+    def _draw_tab(self):
+        w = QWidget()
+        self.start_drawing = QPushButton("Paint the ROI by hand")
+        self.start_drawing.clicked.connect(self.paint_by_hand)
+        self.clear_slice = QPushButton("Clear the ROI on this slice")
+        self.clear_slice.clicked.connect(self._clear_slice)
+        lay = QVBoxLayout(w)
+        lay.addWidget(QLabel("Brush (paint) and eraser work on the ROI layer at any time;\n"
+                             "explainers read the ROI when they start."))
+        lay.addWidget(self.start_drawing)
+        lay.addWidget(self.clear_slice)
+        return w
+
+    # --- helpers ---------------------------------------------------------
+    @property
+    def source(self) -> str:
+        return SOURCES[self.tabs.currentIndex()]
+
+    def _slices(self, layer) -> tuple[int, list[int]]:
+        axis, index = viewer_slice(self.viewer, layer)
+        if self.current.isChecked():
+            return axis, [index]
+        lo, hi = sorted((self.first.value(), self.last.value()))
+        n = layer.data.shape[-3:][axis]
+        if hi >= n:
+            raise ValueError(f"slice range {lo}..{hi} is outside 0..{n - 1}")
+        return axis, list(range(lo, hi + 1))
+
+    def _fill_label_values(self, *_):
+        self.label_value.clear()
+        layer = self.labels.layer()
+        if layer is None:
+            return
+        names = (layer.metadata or {}).get("label_names", {})
+        present = np.unique(np.asarray(layer.data)[:: max(1, layer.data.shape[0] // 16)])
+        for v in present[present != 0]:
+            self.label_value.addItem(f"{int(v)} {names.get(int(v), '')}".strip(), int(v))
+
+    def _list_classes(self):
+        from ..models import load_localizer
+
+        try:
+            loc = load_localizer(self.localizer.spec())
+        except ValueError as exc:
+            notify_error(str(exc))
+            return
+        self.classes.clear()
+        classes = [c for c in loc.classes if c.lower() != "background"] or ["(open vocabulary: type a prompt)"]
+        self.classes.addItems(classes)
+
+    def _class_chosen(self, index: int):
+        text = self.classes.itemText(index)
+        if text and not text.startswith("("):
+            self.prompt.setText(text)
+
+    def _start_box(self):
+        layer = self.image.layer()
+        if layer is None:
+            notify_error("open a volume first")
+            return
+        shapes = ensure_box_layer(self.viewer, layer)
+        self.viewer.layers.selection.active = shapes
+        shapes.mode = "add_rectangle"
+
+    def paint_by_hand(self):
+        layer = self.image.layer()
+        if layer is None:
+            notify_error("open a volume first")
+            return
+        roi = roi_layer(self.viewer, layer)
+        self.viewer.layers.selection.active = roi
+        roi.selected_label = 1
+        roi.brush_size = max(3, roi.brush_size)
+        roi.mode = "paint"
+
+    def _clear_slice(self):
+        layer = self.image.layer()
+        if layer is None:
+            return
+        roi = roi_layer(self.viewer, layer, create=False)
+        if roi is None:
+            return
+        axis, index = viewer_slice(self.viewer, layer)
+        put_slice(roi.data, axis, index, np.zeros(np.delete(roi.data.shape, axis), roi.data.dtype))
+        roi.refresh()
+        self.update_info()
+
+    # --- compute -----------------------------------------------------------
+    def compute(self) -> None:
+        """Fill the ROI on the chosen slices from the active tab's source."""
+        layer = self.image.layer()
+        try:
+            volume = volume_of(layer)
+            axis, indices = self._slices(layer)
+            make = self._maker(layer, volume, axis)
+        except ValueError as exc:
+            notify_error(str(exc))
+            return
+        if make is None:  # drawing by hand: nothing to compute
+            return
+        post = dict(largest_component=self.largest.isChecked(), fill_holes=self.holes.isChecked(),
+                    margin=self.margin.value())
+
+        def work():
+            out = {}
+            for k, index in enumerate(indices):
+                roi, score = make(index)
+                out[index] = (clean_roi(roi, **post), score)
+                yield k + 1, len(indices), None
+            return out
+
+        def done(out):
+            roi = roi_layer(self.viewer, layer)
+            for index, (mask, score) in out.items():
+                put_slice(roi.data, axis, index, mask.astype(roi.data.dtype))
+                if score is not None:
+                    replace_layer(self.viewer, "localizer map", slice_layer_data(score.astype(np.float32), axis),
+                                  "image", colormap="viridis", opacity=0.5, blending="additive", visible=False,
+                                  contrast_limits=(0.0, 1.0), **slice_layer_kwargs(layer, axis, index))
+            roi.metadata["xaiclip_roi_source"] = {"source": self.source, **self._source_params()}
+            roi.refresh()
+            self.update_info()
+            if not any(m.any() for m, _ in out.values()):
+                notify_error("the ROI came out empty: lower the threshold, change the prompt or draw it")
+
+        self.run.start(work, on_done=done, description=f"ROI from {self.source}")
+
+    def _source_params(self) -> dict:
+        if self.source == "prompt":
+            return {"prompt": self.prompt.text(), "sigma": self.prompt_sigma.value(),
+                    "threshold": self.prompt_threshold.value()}
+        if self.source == "threshold":
+            return {"otsu": self.otsu.isChecked(), "value": self.level.value(), "below": self.below.isChecked()}
+        if self.source == "labels":
+            return {"labels": self.labels.currentText(), "value": self.label_value.currentData()}
+        return {}
+
+    def _maker(self, layer, volume, axis):
+        """A function slice index -> (ROI, score map or None) for the active source (checked up front)."""
+        src = self.source
+        if src == "draw":
+            self.paint_by_hand()
+            return None
+        if src == "prompt":
+            from ..models import load_localizer
+
+            prompt, spec = self.prompt.text().strip(), self.localizer.spec()
+            if not prompt:
+                raise ValueError("type a text prompt, e.g. liver")
+            sigma, thr = self.prompt_sigma.value(), self.prompt_threshold.value()
+
+            def make(i):
+                score = load_localizer(spec).locate(take_slice(volume, axis, i), prompt)
+                return roi_from_map(score, sigma=sigma, threshold=thr), score
+            return make
+        if src == "segmenter":
+            from ..models import load_segmenter
+
+            spec, device = self.segmenter.spec(), self.segmenter.device_name()
+
+            def make(i):
+                box = self._box(layer, axis, i)
+                return load_segmenter(spec, device).segment(take_slice(volume, axis, i), box=box) > 0.5, None
+            return make
+        if src == "threshold":
+            value = None if self.otsu.isChecked() else self.level.value()
+            above, in_box = not self.below.isChecked(), self.in_box.isChecked()
+
+            def make(i):
+                box = self._box(layer, axis, i, allow_roi=False) if in_box else None
+                return roi_from_threshold(take_slice(volume, axis, i), value, box, above), None
+            return make
+        labels = self.labels.layer()
+        if labels is None:
+            raise ValueError("no labels layer: open a label volume or the phantom sample")
+        if tuple(labels.data.shape[-3:]) != volume.shape:
+            raise ValueError(f"labels layer {labels.name!r} {labels.data.shape} does not match the image {volume.shape}")
+        value = self.label_value.currentData()
+        if value is None:
+            text = self.label_value.currentText().split(" ")[0]
+            if not text.isdigit():
+                raise ValueError("choose a label value")
+            value = int(text)
+        data = np.asarray(labels.data)
+        return lambda i: (roi_from_labels(take_slice(data, axis, i), value), None)
+
+    def _box(self, layer, axis, index, allow_roi=True):
+        box = box_from_shapes(self.viewer, layer, axis, index)
+        if box is None and allow_roi and self.box_from_roi.isChecked():
+            roi = roi_slice(self.viewer, layer, axis, index)
+            if roi is not None and roi.any():
+                from ..pipeline import box_from_mask
+
+                box = box_from_mask(roi, 5)
+        if box is None:
+            raise ValueError(f"no box on slice {index}: draw a rectangle in the 'box prompt' layer")
+        return box
+
+    # --- info ----------------------------------------------------------------
+    def _watch_roi(self, *_):
+        layer = self.viewer.layers["ROI"] if "ROI" in self.viewer.layers else None
+        if layer is not None and not getattr(layer, "_xaiclip_watched", False):
+            layer.events.data.connect(self.update_info)
+            if hasattr(layer.events, "paint"):
+                layer.events.paint.connect(self.update_info)
+            layer._xaiclip_watched = True
+        self.update_info()
+
+    def update_info(self, *_):
+        layer = self.image.layer()
+        if layer is None or "ROI" not in self.viewer.layers:
+            self.info.setText("no ROI yet")
+            return
+        axis, index = viewer_slice(self.viewer, layer)
+        roi = roi_slice(self.viewer, layer, axis, index)
+        if roi is None or not roi.any():
+            self.info.setText(f"slice {index}: ROI empty")
+            return
+        spacing = [s for a, s in enumerate(np.asarray(layer.scale)[-3:]) if a != axis]
+        px, mm2 = roi_area(roi, spacing)
+        x0, y0, x1, y1 = roi_bbox(roi)
+        self.info.setText(f"slice {index}: {px} px = {mm2:.0f} mm² · bounding box x {x0}–{x1}, y {y0}–{y1}")

@@ -1,0 +1,118 @@
+"""Segmentation widget: run the chosen segmenter with a box prompt into the
+"segmentation" labels layer, the baseline that explainers explain."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from ..slicing import put_slice, slice_layer_data, take_slice
+from ._common import (
+    SEGMENTATION_NAME,
+    LayerChoice,
+    RunPanel,
+    ensure_box_layer,
+    find_box,
+    geometry_kwargs,
+    notify_error,
+    replace_layer,
+    slice_layer_kwargs,
+    source_metadata,
+    viewer_slice,
+    volume_of,
+)
+from .model_choice import SegmenterChoice
+
+if TYPE_CHECKING:
+    import napari
+
+
+class SegmentationWidget(QWidget):
+    """Segment the current slice with a box prompt (drawn, or the ROI's bounding box)."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer", parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.image = LayerChoice(napari_viewer, ("image",))
+        self.model = SegmenterChoice()
+        self.draw_box = QPushButton("Draw a box prompt")
+        self.show_probs = QCheckBox("also show the probability map")
+        self.run = RunPanel("Segment slice")
+        self.info = QLabel("")
+        self.info.setWordWrap(True)
+        form = QFormLayout()
+        form.addRow("Image", self.image)
+        form.addRow(self.model)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.draw_box)
+        lay.addWidget(QLabel("Box: the last rectangle in 'box prompt' on this slice, else the ROI's bounding box."))
+        lay.addWidget(self.show_probs)
+        lay.addWidget(self.run)
+        lay.addWidget(self.info)
+        lay.addStretch(1)
+        self.draw_box.clicked.connect(self._start_box)
+        self.run.run_button.clicked.connect(self.segment)
+
+    def _start_box(self):
+        layer = self.image.layer()
+        if layer is None:
+            notify_error("open a volume first")
+            return
+        shapes = ensure_box_layer(self.viewer, layer)
+        self.viewer.layers.selection.active = shapes
+        shapes.mode = "add_rectangle"
+
+    def segment(self) -> None:
+        from ..models import load_segmenter
+
+        layer = self.image.layer()
+        try:
+            volume = volume_of(layer)
+            axis, index = viewer_slice(self.viewer, layer)
+            box, origin = find_box(self.viewer, layer, axis, index)
+            spec, device = self.model.spec(), self.model.device_name()
+        except ValueError as exc:
+            notify_error(str(exc))
+            return
+        plane = np.asarray(take_slice(volume, axis, index))
+
+        def work():
+            yield 0, 1, None
+            seg = load_segmenter(spec, device)
+            probs = seg.segment(plane, box=box)
+            yield 1, 1, None
+            return probs, seg.name
+
+        def done(result):
+            probs, name = result
+            self._write(layer, axis, index, probs, box, spec)
+            area = int((probs > 0.5).sum())
+            self.info.setText(f"slice {index}: {area} px segmented by {name} with the {origin} "
+                              f"({', '.join(f'{v:.0f}' for v in box)})")
+            if area == 0:
+                notify_error("the segmentation is empty: check the box prompt")
+
+        self.run.start(work, on_done=done, description="segmentation")
+
+    def _write(self, layer, axis, index, probs, box, spec):
+        shape = tuple(layer.data.shape[-3:])
+        if SEGMENTATION_NAME in self.viewer.layers and self.viewer.layers[SEGMENTATION_NAME].data.shape == shape:
+            seg_layer = self.viewer.layers[SEGMENTATION_NAME]
+        else:
+            if SEGMENTATION_NAME in self.viewer.layers:
+                self.viewer.layers[SEGMENTATION_NAME].name = f"{SEGMENTATION_NAME} (previous volume)"
+            seg_layer = self.viewer.add_labels(np.zeros(shape, np.uint8), name=SEGMENTATION_NAME,
+                                               metadata=source_metadata(layer), opacity=0.5,
+                                               **geometry_kwargs(layer))
+        put_slice(seg_layer.data, axis, index, (probs > 0.5).astype(np.uint8) * 2)
+        seg_layer.metadata.setdefault("xaiclip_boxes", {})[f"{axis}:{index}"] = [float(v) for v in box]
+        seg_layer.metadata["xaiclip_model"] = spec
+        seg_layer.refresh()
+        if self.show_probs.isChecked():
+            kw = slice_layer_kwargs(layer, axis, index)
+            replace_layer(self.viewer, f"{layer.name} · segmentation probability",
+                          slice_layer_data(probs.astype(np.float32), axis), "image", colormap="magma",
+                          contrast_limits=(0.0, 1.0), blending="additive", opacity=0.6, **kw)

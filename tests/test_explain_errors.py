@@ -88,9 +88,6 @@ def test_bad_input_raises(seg, sl, method, slice_override, kwargs, pattern):
         explain(method, seg, data, **kw)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: occlusion.py occlusion_params: patch=0 / stride=0 are falsy and silently replaced by the "
-    "defaults instead of raising ValueError (patch must be in [1, S], stride >= 1)"))
 @pytest.mark.parametrize("kwargs", [dict(patch=0), dict(patch=4, stride=0)], ids=["patch-0", "stride-0"])
 def test_zero_patch_or_stride_raises(seg, sl, kwargs):
     with pytest.raises(ValueError, match=r"patch|stride"):
@@ -103,7 +100,7 @@ _MODULES = {"occlusion": "occlusion", "adaptive-occlusion": "adaptive", "rise": 
             "ig": "gradients", "gradcam": "gradients", "causal": "causal", "segx": "segx"}
 _FAST = {"occlusion": dict(patch=8), "adaptive-occlusion": dict(patch=4, levels=1),
          "rise": dict(n_masks=40), "lime": dict(n_samples=20), "ig": dict(n_steps=4, nt_samples=2),
-         "gradcam": {}}
+         "gradcam": {}, "causal": dict(n_fillers=4, n_screen=2)}
 
 
 def _method_or_skip(method):

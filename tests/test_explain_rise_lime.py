@@ -267,7 +267,7 @@ def test_lime_recovers_linear_superpixel_weights(lime_setup):
 
 
 def test_lime_samples_weights_and_scores(lime_setup, monkeypatch):
-    # what reaches the surrogate: the all-on anchor, the kernel exp(-d^2 / width^2) on the
+    # what reaches the surrogate: the all-on anchor, the kernel sqrt(exp(-d^2 / width^2)) on the
     # cosine distance to the all-on vector, and the exact linear scores
     seg, sl, regions, wmap = lime_setup
     captured = {}
@@ -285,7 +285,7 @@ def test_lime_samples_weights_and_scores(lime_setup, monkeypatch):
     assert np.all(z[0] == 1)
     on = z.sum(1)
     cos = np.where(on > 0, on / (np.sqrt(on) * np.sqrt(5) + 1e-300), 0.0)
-    np.testing.assert_allclose(w, np.exp(-((1 - cos) ** 2) / 0.3 ** 2), rtol=1e-9)
+    np.testing.assert_allclose(w, np.sqrt(np.exp(-((1 - cos) ** 2) / 0.3 ** 2)), rtol=1e-9)
     grey = (sl - sl.min()) / (sl.max() - sl.min())
     labels = superpixels(grey)
     contrib = np.zeros(5)

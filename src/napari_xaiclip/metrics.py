@@ -185,16 +185,17 @@ def randomize_segmenter(segmenter, seed: int = 0):
 
     seg = copy.copy(segmenter)
     module = copy.deepcopy(segmenter.module)
-    torch.manual_seed(seed)
-    touched = set()
-    for sub in module.modules():
-        if hasattr(sub, "reset_parameters"):
-            sub.reset_parameters()
-            touched.update(id(p) for p in sub.parameters(recurse=False))
-    with torch.no_grad():
-        for p in module.parameters():
-            if id(p) not in touched:
-                p.normal_(0.0, 0.02)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+        torch.manual_seed(seed)
+        touched = set()
+        for sub in module.modules():
+            if hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
+                touched.update(id(p) for p in sub.parameters(recurse=False))
+        with torch.no_grad():
+            for p in module.parameters():
+                if id(p) not in touched:
+                    p.normal_(0.0, 0.02)
     seg.module = module.eval()
     seg._gflops = getattr(segmenter, "_gflops", None)
     return seg

@@ -2,8 +2,8 @@
 
 Level 0 evaluates windows ``2**levels`` times the final patch size (stride half
 the window) over the ROI or the image. At each next level the window and
-stride halve, and only windows inside the region where the previous level's
-map reaches ``threshold * max`` are evaluated. Each pixel keeps the finest
+stride halve, and only the area of windows whose attribution reached
+``threshold * max`` of their level is subdivided. Each pixel keeps the finest
 level that evaluated it, so the map matches dense occlusion where it matters
 and costs far fewer forward passes elsewhere.
 """
@@ -28,7 +28,7 @@ def adaptive_occlusion(ctx: Context, patch: int | None = None, stride: int | Non
     ----------
     patch, stride, fill : the finest level, as for occlusion. Defaults: S/16, patch/2, "zero".
     levels : coarser levels above the finest (window 2**levels * patch first). Default: 2.
-    threshold : refine where the current map's value >= threshold * its maximum. Default: 0.25.
+    threshold : subdivide windows whose |attribution| >= threshold * the level's maximum. Default: 0.25.
     top_k : as for occlusion, applied at the coarsest level.
     """
     params = occlusion_params(ctx, patch, stride, fill, top_k)
@@ -57,15 +57,25 @@ def adaptive_occlusion(ctx: Context, patch: int | None = None, stride: int | Non
             partial = torch.where(count > 0, average(total, count), heat)
             yield ctx.progress(p.done, p.total, partial, p.stage)
         level_map = average(total, count)
-        covered = count > 0
-        heat = torch.where(covered, level_map, heat)
+        heat = torch.where(count > 0, level_map, heat)
         n_eval += len(boxes)
         per_level.append({"window": win, "stride": step, "evaluated": len(boxes)})
-        peak = float(heat.abs().max()) if covered.any() else 0.0
-        refine = (heat.abs() >= threshold * peak) & covered if peak > 0 else covered & False
-        region = refine.cpu().numpy()
+        region = _refine_region(boxes, attr, threshold, ctx.size)
         if not region.any():
             break
     n_full = len(full_grid)
     return finish(ctx, "adaptive-occlusion", params, heat, n_patch=n_eval, n_patch_full=n_full,
                   info={"levels": per_level})
+
+
+def _refine_region(boxes: np.ndarray, attr: np.ndarray, threshold: float, size: int) -> np.ndarray:
+    """Pixels covered by a window whose |attribution| reached ``threshold`` x the level's maximum."""
+    region = np.zeros((size, size), bool)
+    if len(attr) == 0:
+        return region
+    peak = float(np.abs(attr).max())
+    if peak <= 0:
+        return region
+    for y0, y1, x0, x1 in boxes[np.abs(attr) >= threshold * peak]:
+        region[y0:y1, x0:x1] = True
+    return region

@@ -257,7 +257,7 @@ def build_context(segmenter, slice2d, **kwargs) -> Context:
 
 def finish(ctx: Context, method: str, params: dict, heatmap_model: torch.Tensor | np.ndarray,
            n_patch=None, n_patch_full=None, maps_model: dict | None = None,
-           info: dict | None = None, backward_passes: int = 0) -> Explanation:
+           info: dict | None = None, backward_passes: int = 0, target_name: str | None = None) -> Explanation:
     """Map results to the slice and fill in the Explanation (cost, ROI, baseline)."""
     hm = heatmap_model.detach().float().cpu().numpy() if isinstance(heatmap_model, torch.Tensor) else heatmap_model
     hm = np.nan_to_num(np.asarray(hm, np.float32))
@@ -276,7 +276,7 @@ def finish(ctx: Context, method: str, params: dict, heatmap_model: torch.Tensor 
         info["warnings"] = list(ctx.warnings)
     return Explanation(
         heatmap=heat.astype(np.float32), method=method, mode=ctx.mode, params=params,
-        target=ctx.target.name, n_forward=int(ctx.n_forward), seconds=time.perf_counter() - ctx.t0,
+        target=target_name or ctx.target.name, n_forward=int(ctx.n_forward), seconds=time.perf_counter() - ctx.t0,
         gflops=gflops, n_patch=n_patch, n_patch_full=n_patch_full, rho=rho, roi=ctx.roi,
         baseline_probs=ctx.to_slice(ctx.base_probs.cpu().numpy()), maps=maps, model_heatmap=hm,
         model=getattr(ctx.seg, "name", ""), info=info,

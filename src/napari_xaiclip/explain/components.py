@@ -25,10 +25,8 @@ import io
 
 import numpy as np
 
-__all__ = ["ablate", "component_effects", "component_names", "component_table", "save_component_chart"]
-
-KINDS = {"attn": "encoder attention"}
-
+__all__ = ["ablate", "component_effects", "component_kind", "component_names", "component_table",
+           "save_component_chart"]
 
 def _sam(segmenter):
     net = getattr(segmenter, "module", None)
@@ -66,6 +64,15 @@ def _map(out, fn):
     return fn(out)
 
 
+def _tile_like(out, rep):
+    """``rep`` (leading dimension m) tiled to the shape of ``out`` (leading dimension B * m)."""
+    if isinstance(out, (tuple, list)):
+        return type(out)(_tile_like(o, r) for o, r in zip(out, rep))
+    if out.shape[1:] != rep.shape[1:] or out.shape[0] % rep.shape[0]:
+        raise ValueError(f"mean output of shape {tuple(rep.shape)} cannot replace {tuple(out.shape)}")
+    return rep.to(out.dtype).repeat(out.shape[0] // rep.shape[0], *([1] * (out.ndim - 1)))
+
+
 def _replace_hook(replacement):
     """A forward hook returning zeros (``replacement is None``) or the mean output, tiled to the batch."""
 
@@ -73,21 +80,9 @@ def _replace_hook(replacement):
         return _map(out, lambda t: t.new_zeros(t.shape))
 
     def mean(mod, args, out):
-        def tile(pair):
-            t, m = pair
-            if t.shape[1:] != m.shape[1:] or t.shape[0] % m.shape[0]:
-                raise ValueError(f"mean output of shape {tuple(m.shape)} cannot replace {tuple(t.shape)}")
-            return m.to(t.dtype).repeat(t.shape[0] // m.shape[0], *([1] * (t.ndim - 1)))
-
-        return _map(_zip(out, replacement), tile)
+        return _tile_like(out, replacement)
 
     return zero if replacement is None else mean
-
-
-def _zip(out, rep):
-    if isinstance(out, (tuple, list)):
-        return type(out)(_zip(o, r) for o, r in zip(out, rep))
-    return (out, rep)
 
 
 @contextlib.contextmanager
@@ -162,7 +157,8 @@ def component_effects(segmenter, slice2d: np.ndarray, box=None, mode: str = "zer
     Raises
     ------
     ValueError
-        Not a SAM-family segmenter, unknown mode or component, "mean" without filler slices.
+        Not a SAM-family segmenter, unknown mode, component or target, "mean" without filler
+        slices, a ground truth of the wrong shape.
     """
     import torch
 
@@ -194,6 +190,8 @@ def component_effects(segmenter, slice2d: np.ndarray, box=None, mode: str = "zer
         base_mask = torch.sigmoid(base_logits[0]) > 0.5
         gt_model = None
         if gt is not None:
+            if np.shape(gt) != sl.shape:
+                raise ValueError(f"ground truth of shape {np.shape(gt)} does not match the slice {sl.shape}")
             gt_model = torch.as_tensor(roi_to_model(np.asarray(gt, bool), segmenter.input_size,
                                                     segmenter.keep_aspect), device=x.device)
         tgt = make_target(target, base_mask, None, gt_model)

@@ -1,8 +1,9 @@
 """Gradient explainers through Captum: integrated gradients with NoiseTunnel
 (SmoothGrad) and Grad-CAM on the image encoder.
 
-Both need a differentiable target: soft Dice against the baseline mask
-(default) or the sum of logits inside it. ROI mode: the integration baseline
+Both need a differentiable target: soft Dice against the baseline mask (used
+in place of the default Dice), the mean probability in the ROI, or the sum of
+logits inside the baseline mask. ROI mode: the integration baseline
 equals the input outside the ROI, so the path only moves inside it, and the
 map is kept inside the ROI.
 """
@@ -12,20 +13,19 @@ from __future__ import annotations
 import torch
 
 from .base import Context, finish
-from .targets import LogitSumTarget, SoftDiceTarget
+from .targets import SoftDiceTarget
 
 __all__ = ["gradcam", "integrated_gradients"]
 
 
-def _differentiable_target(ctx: Context, target: str | None):
-    name = target or ("soft-dice" if not ctx.target.differentiable else ctx.target.name)
-    if name == "soft-dice":
-        return SoftDiceTarget(ctx.base_mask)
-    if name == "logit-sum":
-        return LogitSumTarget(ctx.base_mask)
+def _differentiable_target(ctx: Context):
+    """The context's target if differentiable; Dice (thresholded) is replaced by soft Dice."""
     if ctx.target.differentiable:
         return ctx.target
-    raise ValueError(f"gradient methods need a differentiable target (soft-dice or logit-sum), got {name!r}")
+    if ctx.target.name == "dice":
+        return SoftDiceTarget(ctx.base_mask)
+    raise ValueError(f"gradient methods need a differentiable target (soft-dice, roi-prob or logit-sum), "
+                     f"got {ctx.target.name!r}")
 
 
 def _forward_fn(ctx: Context, target):
@@ -37,7 +37,7 @@ def _forward_fn(ctx: Context, target):
 
 
 def integrated_gradients(ctx: Context, n_steps: int = 32, nt_samples: int = 8, stdevs: float = 0.1,
-                         target: str | None = None, baseline: float = 0.0, internal_batch_size: int | None = None):
+                         baseline: float = 0.0, internal_batch_size: int | None = None):
     """Integrated gradients, smoothed with NoiseTunnel (generator; returns an Explanation).
 
     Parameters
@@ -46,19 +46,21 @@ def integrated_gradients(ctx: Context, n_steps: int = 32, nt_samples: int = 8, s
     nt_samples : SmoothGrad noise samples (0 = plain integrated gradients). Default: 8.
     stdevs : noise standard deviation in the model's input units. Default: 0.1
         (a tenth of MedSAM's [0, 1] range).
-    target : "soft-dice" or "logit-sum". Default: soft Dice against the baseline mask.
     baseline : integration start value in model input space. Default: 0.
     internal_batch_size : Captum's; default: the context's batch size.
 
-    The map is the attribution summed over input channels.
+    The explained target is the call's ``target`` when differentiable
+    (soft-dice, roi-prob, logit-sum); the default Dice is replaced by soft Dice.
+    The map is the attribution summed over input channels. NoiseTunnel's noise
+    comes from the call's ``seed``.
     """
     from captum.attr import IntegratedGradients, NoiseTunnel
 
     if n_steps < 2 or nt_samples < 0 or stdevs < 0:
         raise ValueError(f"need n_steps >= 2, nt_samples >= 0, stdevs >= 0, got {n_steps}, {nt_samples}, {stdevs}")
-    tgt = _differentiable_target(ctx, target)
+    tgt = _differentiable_target(ctx)
     params = {"n_steps": int(n_steps), "nt_samples": int(nt_samples), "stdevs": float(stdevs),
-              "target": tgt.name, "baseline": float(baseline)}
+              "baseline": float(baseline)}
     x = ctx.x[None].clone()
     base = torch.full_like(x, float(baseline))
     if ctx.roi_model is not None:
@@ -67,7 +69,9 @@ def integrated_gradients(ctx: Context, n_steps: int = 32, nt_samples: int = 8, s
     ibs = internal_batch_size or ctx.batch_size
     yield ctx.progress(0, 1, None, "integrated gradients")
     was_training = ctx.seg.module.training if ctx.seg.module is not None else False
-    with torch.enable_grad():
+    devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
+    with torch.enable_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(ctx.seed)  # NoiseTunnel draws from the global generator
         if nt_samples:
             attr = NoiseTunnel(ig).attribute(x, nt_type="smoothgrad", nt_samples=int(nt_samples),
                                              stdevs=float(stdevs), baselines=base, n_steps=int(n_steps),
@@ -80,24 +84,23 @@ def integrated_gradients(ctx: Context, n_steps: int = 32, nt_samples: int = 8, s
     ctx.n_forward += passes
     heat = attr[0].sum(0).detach()
     yield ctx.progress(1, 1, heat, "integrated gradients")
-    return finish(ctx, "ig", params, heat, backward_passes=passes)
+    return finish(ctx, "ig", params, heat, backward_passes=passes, target_name=tgt.name)
 
 
-def gradcam(ctx: Context, layer: str | None = None, target: str | None = None, relu: bool = True):
+def gradcam(ctx: Context, layer: str | None = None, relu: bool = True):
     """Grad-CAM (Captum ``LayerGradCam``) on the segmenter's image encoder (generator).
 
     Parameters
     ----------
     layer : dotted module name inside the segmenter's network. Default: the
         image encoder's neck (SAM family) or the last convolution.
-    target : "soft-dice" or "logit-sum". Default: soft Dice.
     relu : keep positive evidence only, as Grad-CAM does. Default: True.
     """
     from captum.attr import LayerAttribution, LayerGradCam
 
-    tgt = _differentiable_target(ctx, target)
+    tgt = _differentiable_target(ctx)
     module = _gradcam_layer(ctx.seg.module, layer)
-    params = {"layer": module[0], "target": tgt.name, "relu": bool(relu)}
+    params = {"layer": module[0], "relu": bool(relu)}
     yield ctx.progress(0, 1, None, "grad-cam")
     cam = LayerGradCam(_forward_fn(ctx, tgt), module[1])
     with torch.enable_grad():
@@ -109,7 +112,7 @@ def gradcam(ctx: Context, layer: str | None = None, target: str | None = None, r
     ctx.n_forward += 1
     heat = up[0, 0].detach()
     yield ctx.progress(1, 1, heat, "grad-cam")
-    return finish(ctx, "gradcam", params, heat, backward_passes=1)
+    return finish(ctx, "gradcam", params, heat, backward_passes=1, target_name=tgt.name)
 
 
 def _gradcam_layer(net, name: str | None):

@@ -95,7 +95,7 @@ def _one_scale(ctx: Context, labels_np: np.ndarray, n_samples: int, fill: str, k
         yield ctx.progress(offset + stop, total, None, stage)
     zn = z.double().cpu().numpy()
     cos = np.sqrt(zn.sum(1) / k)  # cosine similarity to the all-on vector
-    weights = np.exp(-((1 - cos) ** 2) / kernel_width ** 2)
+    weights = np.sqrt(np.exp(-((1 - cos) ** 2) / kernel_width ** 2))  # LIME's kernel
     coef, _ = weighted_ridge(zn, scores, weights, alpha)
     heat = np.where(labels_np >= 0, coef[np.clip(labels_np, 0, None)], 0.0)
     return heat, k

@@ -24,8 +24,8 @@ __all__ = ["occlusion", "occlusion_params", "select_windows", "evaluate_windows"
 def occlusion_params(ctx: Context, patch: int | None = None, stride: int | None = None, fill: str = "zero",
                      top_k: float | None = None) -> dict:
     """Parameters with defaults filled in: patch = S/16, stride = patch/2, fill zero, no top-k."""
-    patch = int(patch) if patch else max(1, ctx.size // 16)
-    stride = int(stride) if stride else max(1, patch // 2)
+    patch = int(patch) if patch is not None else max(1, ctx.size // 16)
+    stride = int(stride) if stride is not None else max(1, patch // 2)
     if not 1 <= patch <= ctx.size:
         raise ValueError(f"patch must be between 1 and the input size {ctx.size}, got {patch}")
     if stride < 1:

@@ -34,6 +34,7 @@ __all__ = [
     "morphology",
     "ncut_mask",
     "otsu_mask",
+    "otsu_threshold",
 ]
 
 VARIANTS = ("xai-morph", "xai-ncut", "fusion-morph", "fusion-ncut")
@@ -65,19 +66,31 @@ def minmax(values) -> np.ndarray:
     return np.where(finite, (v - lo) / (hi - lo), 0.0)
 
 
-def otsu_mask(relevance: np.ndarray) -> np.ndarray:
-    """Pixels above the Otsu threshold of the relevance (H, W); empty when it is constant.
+def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:
+    """Otsu's threshold as the *upper edge* of scikit-image's threshold bin, so that every value
+    in that bin falls in the lower class (``threshold_otsu`` returns the bin centre, which puts
+    values of its own bin on both sides).
 
-    >>> otsu_mask(np.array([[0.0, 0.1], [0.9, 1.0]])).tolist()
-    [[False, False], [True, True]]
+    >>> otsu_threshold(np.array([0.0, 0.1, 0.0, 0.9, 1.0, 0.95])) > 0.1
+    True
     """
     from skimage.filters import threshold_otsu
 
+    v = np.asarray(values, np.float64).ravel()
+    return float(threshold_otsu(v, nbins=nbins)) + (float(v.max()) - float(v.min())) / (2 * nbins)
+
+
+def otsu_mask(relevance: np.ndarray) -> np.ndarray:
+    """Pixels above the Otsu threshold of the relevance (H, W); empty when it is constant.
+
+    >>> otsu_mask(np.array([[0.0, 0.1, 0.0], [0.9, 1.0, 0.95]])).tolist()
+    [[False, False, False], [True, True, True]]
+    """
     r, finite = _relevance(relevance)
     vals = r[finite]
     if vals.size == 0 or vals.max() <= vals.min():
         return np.zeros(r.shape, bool)
-    return finite & (r > threshold_otsu(vals))
+    return finite & (r > otsu_threshold(vals))
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -159,7 +172,6 @@ def ncut_mask(image: np.ndarray | None, relevance: np.ndarray, n_segments: int =
     When the cut leaves a single segment, the superpixels' own means are thresholded.
     """
     from skimage import graph, segmentation
-    from skimage.filters import threshold_otsu
 
     r, finite = _relevance(relevance)
     img = r if image is None else np.asarray(image, np.float64)
@@ -182,7 +194,7 @@ def ncut_mask(image: np.ndarray | None, relevance: np.ndarray, n_segments: int =
     per_pixel = means[inv]
     if per_pixel.max() <= per_pixel.min():
         return np.zeros(r.shape, bool)
-    return (per_pixel > threshold_otsu(per_pixel)) & finite
+    return (per_pixel > otsu_threshold(per_pixel)) & finite
 
 
 def densecrf_refine(image: np.ndarray, relevance: np.ndarray, n_iter: int = 5, sxy_gaussian: float = 3,
@@ -222,16 +234,18 @@ def densecrf_refine(image: np.ndarray, relevance: np.ndarray, n_iter: int = 5, s
 
 def fuse(relevance: np.ndarray, feature_map: np.ndarray) -> np.ndarray:
     """Fusion: min-max normalised relevance x min-max normalised feature map (bilinearly resized
-    to the relevance's shape). (H, W) float in [0, 1].
+    to the relevance's shape). (H, W) float in [0, 1]. A constant feature map carries no
+    information and leaves the normalised relevance unchanged (it counts as all ones).
 
-    >>> fuse(np.array([[0.0, 2.0], [4.0, 4.0]]), np.array([[1.0, 1.0], [0.0, 3.0]])).tolist()
-    [[0.0, 0.1666666666666667], [0.0, 1.0]]
+    >>> fuse(np.array([[0.0, 2.0], [4.0, 4.0]]), np.array([[1.0, 1.0], [0.0, 3.0]])).round(4).tolist()
+    [[0.0, 0.1667], [0.0, 1.0]]
     """
     r, finite = _relevance(relevance)
     f = np.asarray(feature_map, np.float64)
     if f.ndim != 2:
         raise ValueError(f"expected a 2D feature map, got shape {f.shape}")
-    f = minmax(f)
+    ff = f[np.isfinite(f)]
+    f = minmax(f) if ff.size and ff.max() > ff.min() else np.ones(f.shape)
     if f.shape != r.shape:
         from skimage.transform import resize
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from .base import Context, finish
 
-__all__ = ["segu", "segx"]
+__all__ = ["segu", "segx", "top_percent_mask"]
 
 
 def segu(heatmap: np.ndarray, region: np.ndarray) -> float:

@@ -41,9 +41,12 @@ def dock_widgets(viewer) -> dict:
     first_in_group: dict = {}
     for title, cls, area, group in DOCK_ORDER:
         widget = cls(viewer)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(widget)
+        if group is None:  # small docks: no scroll area, no wasted height
+            scroll = widget
+        else:
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setWidget(widget)
         tab_with = first_in_group.get(group) if group else None
         dock = viewer.window.add_dock_widget(scroll, name=title, area=area, tabify=False)
         if tab_with is not None:
@@ -64,7 +67,7 @@ def _size_docks(viewer, docks: dict) -> None:
 
     window = viewer.window._qt_window
     if "Slice picker" in docks:
-        docks["Slice picker"].setMaximumHeight(210)
+        docks["Slice picker"].setMaximumHeight(docks["Slice picker"].sizeHint().height() + 10)
         window.resizeDocks([docks["Slice picker"]], [470], Qt.Orientation.Horizontal)
     if "Metrics" in docks:
         docks["Metrics"].setMinimumHeight(230)
@@ -76,6 +79,9 @@ def launch(volume: str | None = None, labels: str | None = None, modality: str =
     """Open napari with ``volume`` (or the phantom) and the widgets docked; returns the viewer."""
     import napari
 
+    from .widgets._guard import keep_triton_out
+
+    keep_triton_out()
     if volume is not None and not Path(volume).is_file():
         raise ValueError(f"{volume}: no such file")
     viewer = viewer or napari.Viewer(title="napari-xaiclip")

@@ -54,15 +54,18 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def threshold_heatmap(heatmap: np.ndarray) -> np.ndarray:
-    """Otsu threshold of the positive part of a heatmap (importance); empty when nothing is positive."""
-    from skimage.filters import threshold_otsu
+    """Otsu mask of the positive part of a heatmap (importance); empty when nothing is positive.
+
+    Uses ExplainSeg's Otsu (:func:`~napari_xaiclip.explain.postprocess.otsu_mask`).
+    """
+    from .explain.postprocess import otsu_mask
 
     h = np.clip(np.nan_to_num(np.asarray(heatmap, np.float64)), 0, None)
     if h.max() <= 0:
         return np.zeros(h.shape, bool)
     if h.max() == h.min():
         return h > 0
-    return h > threshold_otsu(h)
+    return otsu_mask(h)
 
 
 def auc_roc(heatmap: np.ndarray, mask: np.ndarray) -> float | None:

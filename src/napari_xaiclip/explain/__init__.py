@@ -24,30 +24,23 @@ __all__ = ["METHODS", "TARGETS", "Context", "Explanation", "Progress", "explain"
 
 def _methods() -> dict:
     from .adaptive import adaptive_occlusion
+    from .causal import causal
     from .gradients import gradcam, integrated_gradients
     from .lime import lime
     from .occlusion import occlusion
     from .rise import rise
+    from .segx import segx
 
-    table = {
+    return {
         "occlusion": occlusion,
         "adaptive-occlusion": adaptive_occlusion,
         "rise": rise,
         "lime": lime,
         "ig": integrated_gradients,
         "gradcam": gradcam,
+        "causal": causal,
+        "segx": segx,
     }
-    table.update(_companion_methods())
-    return table
-
-
-def _companion_methods() -> dict:
-    try:
-        from .causal import causal
-        from .segx import segx
-    except ImportError:
-        return {}
-    return {"causal": causal, "segx": segx}
 
 
 #: Method names accepted by :func:`explain`.

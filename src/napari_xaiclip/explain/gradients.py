@@ -68,7 +68,6 @@ def integrated_gradients(ctx: Context, n_steps: int = 32, nt_samples: int = 8, s
     ig = IntegratedGradients(_forward_fn(ctx, tgt))
     ibs = internal_batch_size or ctx.batch_size
     yield ctx.progress(0, 1, None, "integrated gradients")
-    was_training = ctx.seg.module.training if ctx.seg.module is not None else False
     devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
     with torch.enable_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(ctx.seed)  # NoiseTunnel draws from the global generator
@@ -78,8 +77,6 @@ def integrated_gradients(ctx: Context, n_steps: int = 32, nt_samples: int = 8, s
                                              internal_batch_size=ibs)
         else:
             attr = ig.attribute(x, baselines=base, n_steps=int(n_steps), internal_batch_size=ibs)
-    if ctx.seg.module is not None:
-        ctx.seg.module.train(was_training)
     passes = int(n_steps) * max(1, int(nt_samples))
     ctx.n_forward += passes
     heat = attr[0].sum(0).detach()

@@ -77,7 +77,12 @@ def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:
     from skimage.filters import threshold_otsu
 
     v = np.asarray(values, np.float64).ravel()
-    return float(threshold_otsu(v, nbins=nbins)) + (float(v.max()) - float(v.min())) / (2 * nbins)
+    lo, hi = float(v.min()), float(v.max())
+    try:
+        with np.errstate(all="ignore"):
+            return float(threshold_otsu(v, nbins=nbins)) + (hi - lo) / (2 * nbins)
+    except ValueError:  # a range too narrow for the histogram: split it in the middle
+        return lo + (hi - lo) / 2
 
 
 def otsu_mask(relevance: np.ndarray) -> np.ndarray:

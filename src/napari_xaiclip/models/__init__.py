@@ -38,6 +38,7 @@ __all__ = [
     "load_localizer",
     "load_segmenter",
     "pick_device",
+    "preload_libraries",
 ]
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
@@ -185,6 +186,22 @@ def _load_localizer(spec: str, device: str) -> Localizer:
         return load_trained_localizer(spec, device)
     raise ValueError(f"unknown localizer {spec!r}; use default, a file from `xaiclip train-localizer`, "
                      "or clip:MODEL:PRETRAINED")
+
+
+@lru_cache(maxsize=1)
+def preload_libraries() -> None:
+    """Import the model libraries once, in the calling (main) thread.
+
+    Importing torchvision (and triton through it) for the first time inside a
+    Qt worker thread crashes the process on some Linux builds; GUIs call this
+    before starting workers.
+    """
+    import captum.attr  # noqa: F401
+    import open_clip  # noqa: F401
+    import segment_anything  # noqa: F401
+    import skimage.segmentation  # noqa: F401
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
 
 
 def list_models() -> list[dict]:

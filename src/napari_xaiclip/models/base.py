@@ -66,6 +66,9 @@ def count_gflops(fn, *args, **kwargs) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    import logging
+
+    logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)  # "triton not found" is moot here
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
         fn(*args, **kwargs)

@@ -3,6 +3,10 @@
 Nothing outside this package (and the reader/writer/sample hooks) imports Qt.
 """
 
+from ._guard import keep_triton_out
+
+keep_triton_out()
+
 from .explainer import ExplainerWidget
 from .metrics import MetricsWidget
 from .preprocessing import PreprocessingWidget

@@ -222,6 +222,8 @@ class RunPanel(QWidget):
         """Start a worker; returns False (and notifies) when one is already running."""
         from napari.qt.threading import create_worker
 
+        from ..models import preload_libraries
+
         if self.running:
             notify_info("A run is already in progress; wait for it or press Cancel.")
             return False
@@ -230,6 +232,7 @@ class RunPanel(QWidget):
         self._on_progress, self._on_done, self._on_aborted = on_progress, on_done, on_aborted
         self._description = description
         self._pending = None
+        preload_libraries()  # first imports of torchvision/triton must not happen in a worker thread
         self.worker = create_worker(make_generator)
         self.worker.yielded.connect(self._yielded)
         self.worker.returned.connect(self._returned)

@@ -241,8 +241,7 @@ class ExplainerWidget(QWidget):
     def _show(self, layer, axis, k, heat) -> None:
         data = layer.data
         put_slice(data, axis, k, np.nan_to_num(heat).astype(np.float32))
-        peak = float(np.nanmax(data)) if data.size else 0.0
-        layer.contrast_limits = (0.0, peak if peak > 0 else 1.0)
+        layer.contrast_limits = display_limits(data)
         layer.refresh()
 
     def _finish(self, job, layers, results) -> None:
@@ -263,6 +262,16 @@ class ExplainerWidget(QWidget):
         text = "; ".join(f"{r['mode']}: {r['n_forward']} passes, {r['seconds']:.1f} s"
                          + (f", rho {r['rho']:.2f}" if r.get("rho") is not None else "") for r in first[:4])
         self.summary.setText(text)
+
+
+def display_limits(data: np.ndarray) -> tuple[float, float]:
+    """(0, peak) of the positive part; (0, 1) for maps with no meaningful positive signal.
+
+    Importance is positive; additive blending with a colormap starting at black
+    leaves unimportant pixels showing the scan.
+    """
+    peak = float(np.nanmax(data)) if data.size else 0.0
+    return (0.0, peak) if peak > 1e-6 else (0.0, 1.0)
 
 
 def _make_worker(job):

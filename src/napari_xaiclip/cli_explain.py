@@ -118,3 +118,6 @@ def cmd_explain(args) -> int:
 
 
 COMMANDS = [_add_explain]
+
+from .cli_batch import _add_batch  # noqa: E402  (xaiclip batch)
+COMMANDS.append(_add_batch)

@@ -233,7 +233,7 @@ class RunPanel(QWidget):
         self._description = description
         self._pending = None
         preload_libraries()  # first imports of torchvision/triton must not happen in a worker thread
-        self.worker = create_worker(make_generator)
+        self.worker = create_worker(make_generator, _ignore_errors=True)  # reported by _errored
         self.worker.yielded.connect(self._yielded)
         self.worker.returned.connect(self._returned)
         self.worker.errored.connect(self._errored)

@@ -1,0 +1,521 @@
+"""Cohort runs on Dask (``xaiclip batch``): one explanation job per manifest row.
+
+The manifest is a CSV file with one row per case (columns in
+:data:`MANIFEST_COLUMNS`; only ``volume`` is required). Every case runs as one
+``dask.distributed`` task calling :func:`napari_xaiclip.jobs.run_case`, which
+stages its files and renames them into ``OUT/cases/<case>/`` only when the job
+succeeded. A finished case then writes ``done.json`` last, so:
+
+- a rerun skips every case whose ``done.json`` exists (resumable);
+- a task rerun after its worker died finds the marker if the first attempt got
+  that far, and otherwise redoes the case from scratch (outputs are promoted
+  once per successful attempt, each file by an atomic rename);
+- a case that fails writes ``error.txt`` (the error and its traceback) and the
+  others go on.
+
+At the end ``OUT/summary.csv`` has one row per case x slice x method x mode
+(failed cases one row with their error), ``OUT/aggregates.csv`` and
+``OUT/report.md`` the mean and standard deviation per method and mode.
+
+Errors in the manifest itself (missing or empty file, no ``volume`` column,
+unknown columns, values that do not parse or are not among the allowed ones,
+duplicate case ids) raise :class:`ManifestError` before anything is written.
+Problems with a case's data (missing or corrupt files, an organ that is unknown
+or absent, a box outside the slice, an empty ROI) fail only that case.
+
+Example
+-------
+>>> from napari_xaiclip.batch import read_manifest   # doctest: +SKIP
+>>> rows = read_manifest("cohort.csv")               # doctest: +SKIP
+>>> summary = run_batch("cohort.csv", "out", workers=2)   # doctest: +SKIP
+>>> summary["done"], summary["failed"]               # doctest: +SKIP
+(12, 0)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write_text, is_nifti_path
+from .jobs import CASE_FIELDS, Case, organ_value, parse_slices, run_case
+from .pipeline import expand_modes
+
+__all__ = ["AGGREGATE_FIELDS", "MANIFEST_COLUMNS", "SUMMARY_FIELDS", "BatchRow", "ManifestError",
+           "read_manifest", "run_batch", "run_case_task"]
+
+#: Manifest columns (``volume`` required; the last four are extensions of the issue's list).
+MANIFEST_COLUMNS = ("case", "volume", "labels", "organ", "box", "slices", "axis", "prompt", "roi", "methods",
+                    "modes", "model", "localizer", "seed", "params", "preprocess", "curves", "box_margin",
+                    "roi_margin")
+SUMMARY_FIELDS = ["case", "status"] + CASE_FIELDS + ["error"]
+#: Metrics averaged per method and mode in aggregates.csv and report.md.
+AGGREGATE_FIELDS = ("rho", "seconds", "n_forward", "dice_vs_baseline", "dice_vs_gt")
+DONE, ERROR = "done.json", "error.txt"
+_PARTIAL = ".xaiclip-partial-"
+_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used at all (exit status 2, nothing written)."""
+
+
+@dataclass
+class BatchRow:
+    """One manifest row: its line number, case id, the job, and an error found before running."""
+
+    line: int
+    case_id: str
+    case: Case
+    error: str | None = None
+
+
+# --- manifest --------------------------------------------------------------
+def _split(text: str) -> list[str]:
+    return [t for t in re.split(r"[;,\s]+", text.strip()) if t]
+
+
+def _resolve(base: Path, text: str) -> str:
+    p = Path(text).expanduser()
+    return str(p if p.is_absolute() else base / p)
+
+
+def _parse_row(values: dict, base: Path) -> tuple[str | None, Case]:
+    """Case from a row's non-empty values; ValueError names the column."""
+    from .cli_explain import parse_params
+    from .explain import METHODS, method_defaults
+    from .preprocess import PRESETS
+
+    def choice(col, allowed, default):
+        v = values.get(col, default)
+        if v not in allowed:
+            raise ValueError(f"{col} {v!r} is not one of {', '.join(allowed)}")
+        return v
+
+    def integer(col, default):
+        try:
+            return int(values.get(col, default))
+        except ValueError:
+            raise ValueError(f"{col} must be an integer, got {values[col]!r}") from None
+
+    if "volume" not in values:
+        raise ValueError("volume is empty")
+    kw: dict = {"volume": _resolve(base, values["volume"])}
+    if "labels" in values:
+        kw["labels"] = _resolve(base, values["labels"])
+    for col in ("organ", "prompt", "model", "localizer"):
+        if col in values:
+            kw[col] = values[col]
+    if "box" in values:
+        try:
+            box = tuple(float(v) for v in _split(values["box"]))
+        except ValueError:
+            box = ()
+        if len(box) != 4:
+            raise ValueError(f"box must be four numbers 'X0 Y0 X1 Y1', got {values['box']!r}")
+        kw["box"] = box
+    if "slices" in values:
+        kw["slices"] = parse_slices(values["slices"])
+    kw["axis"] = int(choice("axis", ("0", "1", "2"), "0"))
+    kw["roi"] = choice("roi", ("localizer", "labels", "none"), "localizer")
+    kw["preprocess"] = choice("preprocess", tuple(PRESETS), "none")
+    kw["curves"] = choice("curves", ("yes", "no", "true", "false", "1", "0"), "yes") in ("yes", "true", "1")
+    kw["seed"] = integer("seed", 0)
+    kw["box_margin"] = integer("box_margin", 0)
+    kw["roi_margin"] = integer("roi_margin", 0)
+    if "methods" in values:
+        kw["methods"] = _split(values["methods"])
+        for m in kw["methods"]:
+            if m not in METHODS:
+                raise ValueError(f"methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
+    if "modes" in values:
+        kw["modes"] = expand_modes(_split(values["modes"]))
+    if "params" in values:
+        params = parse_params(_split(values["params"]))
+        for m, p in params.items():
+            if m not in METHODS:
+                raise ValueError(f"params: unknown method {m!r} in {values['params']!r}")
+            unknown = sorted(set(p) - set(method_defaults(m)))
+            if unknown:
+                raise ValueError(f"params: unknown parameters for {m}: {unknown}; known: {sorted(method_defaults(m))}")
+        kw["params"] = params
+    case_id = values.get("case")
+    if case_id is not None and not _CASE_ID.match(case_id):
+        raise ValueError(f"case id {case_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+    return case_id, Case(**kw)
+
+
+def _default_id(volume: str) -> str:
+    name = Path(volume).name
+    stem = re.sub(r"\.(nii|nii\.gz)$", "", name, flags=re.IGNORECASE)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip("._") or "case"
+
+
+def read_manifest(path) -> list[BatchRow]:
+    """Parse and check a manifest; paths resolve against its folder.
+
+    Lines starting with ``#`` and blank lines are skipped. Cell values are
+    stripped; empty cells take the :class:`~napari_xaiclip.jobs.Case` defaults.
+
+    Raises
+    ------
+    ManifestError
+        Missing, unreadable or empty file, no ``volume`` column, unknown
+        columns, a value that does not parse (naming the line and column) or
+        two rows with the same case id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest file" if not path.exists() else f"{path}: is not a file")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not a CSV text file (it is not UTF-8 text)") from None
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise ManifestError(f"{path}: empty manifest; expected a header line such as 'case,volume,labels,organ'")
+    try:
+        parsed = list(csv.reader(io.StringIO("\n".join(line for _, line in lines))))
+    except csv.Error as exc:
+        raise ManifestError(f"{path}: not a valid CSV file ({exc})") from None
+    header = [h.strip().lower() for h in parsed[0]]
+    if "volume" not in header:
+        raise ManifestError(f"{path}: no 'volume' column in the header {parsed[0]}; is this a CSV manifest?")
+    unknown = [h for h in header if h not in MANIFEST_COLUMNS]
+    if unknown:
+        raise ManifestError(f"{path}: unknown column(s) {unknown}; known: {', '.join(MANIFEST_COLUMNS)}")
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise ManifestError(f"{path}: column(s) {dup} appear more than once")
+    if len(parsed) == 1:
+        raise ManifestError(f"{path}: the manifest has a header but no cases")
+    rows, seen = [], {}
+    for (line, _), cells in zip(lines[1:], parsed[1:]):
+        where = f"{path} line {line}"
+        if len(cells) > len(header):
+            raise ManifestError(f"{where}: {len(cells)} values for {len(header)} columns")
+        values = {h: c.strip() for h, c in zip(header, cells) if c.strip()}
+        try:
+            case_id, case = _parse_row(values, path.resolve().parent)
+        except ValueError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
+        case_id = case_id or _default_id(case.volume)
+        if case_id in seen:
+            raise ManifestError(f"{where}: case id {case_id!r} is already used on line {seen[case_id]}; "
+                                "add a 'case' column with unique ids")
+        seen[case_id] = line
+        case.name = case_id
+        rows.append(BatchRow(line, case_id, case, _precheck(case)))
+    return rows
+
+
+def _precheck(case: Case) -> str | None:
+    """Problems found without reading voxels (the rest surfaces in the task)."""
+    from .phantom import ORGAN_NAMES
+
+    for what, p in (("volume", case.volume), ("labels", case.labels)):
+        if p is not None and not Path(p).is_file():
+            return f"{what} {p}: no such file"
+        if p is not None and not is_nifti_path(p):
+            return f"{what} {p}: not a NIfTI file (expected .nii or .nii.gz)"
+    if (case.labels is None) != (case.organ is None):
+        return "labels and organ go together: give both or neither"
+    if case.organ is not None:
+        try:
+            organ_value(case.organ, ORGAN_NAMES)
+        except ValueError as exc:
+            return str(exc)
+    if case.box is None and case.labels is None:
+        return "give a box or labels with an organ"
+    return None
+
+
+# --- one case (runs on a worker) -------------------------------------------
+def _read_records(case_dir: Path) -> list[dict]:
+    f = case_dir / "metrics.json"
+    return json.loads(f.read_text()) if f.is_file() else []
+
+
+def _record_failure(case_dir: Path, message: str, details: str = "") -> None:
+    case_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(case_dir / ERROR, message + "\n" + (f"\n{details}" if details else ""))
+
+
+def _torch_threads(requested: int | None) -> int:
+    import torch
+
+    n = requested
+    if n is None:  # an existing cluster: share this machine's cores between the worker's task threads
+        try:
+            from distributed import get_worker
+
+            n = max(1, (os.cpu_count() or 1) // max(1, get_worker().state.nthreads))
+        except ValueError:  # not on a worker
+            n = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    return torch.get_num_threads()
+
+
+def run_case_task(case: Case, case_dir: str, run_id: str, torch_threads: int | None = None) -> dict:
+    """Run one case into ``case_dir`` unless its ``done.json`` exists; never raises for a bad case.
+
+    Returns ``{"case", "status" ("done" | "skipped" | "failed"), "records", "error", "seconds"}``.
+    """
+    d = Path(case_dir)
+    marker = d / DONE
+    if marker.is_file():  # finished before: in an earlier run, or by an attempt whose worker then died
+        info = json.loads(marker.read_text())
+        status = "done" if info.get("run_id") == run_id else "skipped"
+        return {"case": case.name, "status": status, "records": _read_records(d), "error": None,
+                "seconds": info.get("seconds")}
+    threads = _torch_threads(torch_threads)
+    t0 = time.perf_counter()
+    try:
+        records = run_case(case, d)
+    except Exception as exc:  # recorded in error.txt and summary.csv, reported by run_batch
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _record_failure(d, message, traceback.format_exc())
+        return {"case": case.name, "status": "failed", "records": [], "error": message,
+                "seconds": time.perf_counter() - t0}
+    seconds = time.perf_counter() - t0
+    (d / ERROR).unlink(missing_ok=True)
+    info = {"case": case.name, "run_id": run_id, "seconds": round(seconds, 3), "records": len(records),
+            "host": socket.gethostname(), "pid": os.getpid(), "torch_threads": threads,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "job": case.to_dict()}
+    atomic_write_text(marker, json.dumps(info, indent=2, default=str) + "\n")
+    return {"case": case.name, "status": "done", "records": records, "error": None, "seconds": seconds}
+
+
+# --- the batch -------------------------------------------------------------
+class _ProgressLine:
+    """A text progress bar on a terminal, one line per finished case otherwise."""
+
+    def __init__(self, total: int, enabled: bool, stream=None):
+        self.total, self.enabled, self.stream = total, enabled, stream or sys.stderr
+        self.done = self.failed = 0
+        self.t0 = time.perf_counter()
+
+    def update(self, result: dict) -> None:
+        self.done += 1
+        self.failed += result["status"] == "failed"
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.t0
+        left = elapsed / self.done * (self.total - self.done)
+        bar = "#" * round(24 * self.done / max(1, self.total))
+        text = (f"[{bar:<24}] {self.done}/{self.total} cases, {self.failed} failed, "
+                f"{elapsed:.0f} s elapsed, ~{left:.0f} s left")
+        if self.stream.isatty():
+            print(f"\r{text}", end="" if self.done < self.total else "\n", file=self.stream, flush=True)
+        else:
+            note = f": {result['error']}" if result["error"] else ""
+            print(f"{text} ({result['case']} {result['status']}{note})", file=self.stream, flush=True)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _connect(workers, scheduler, retries: int, torch_threads: int | None):
+    """(client, cluster or None, torch threads per task or None)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s"), None, torch_threads
+        except (OSError, TimeoutError) as exc:
+            raise ValueError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
+    n = max(1, int(workers or min(2, _cores())))
+    import logging
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": max(0, int(retries))}):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
+    try:
+        return Client(cluster), cluster, torch_threads or max(1, _cores() // n)
+    except BaseException:
+        cluster.close()
+        raise
+
+
+def run_batch(manifest, out, workers: int | None = None, scheduler: str | None = None, retries: int = 2,
+              progress: bool = True, torch_threads: int | None = None) -> dict:
+    """Run every case of ``manifest`` on Dask, writing into ``out``; returns a summary.
+
+    Parameters
+    ----------
+    manifest : CSV file, see :func:`read_manifest`.
+    out : output folder; cases go to ``out/cases/<case>/``.
+    workers : worker processes of the local cluster (one task thread each, torch
+        threads = cores // workers). Default: min(2, cores).
+    scheduler : address of a running ``dask scheduler`` (e.g. ``tcp://host:8786``)
+        to use instead of a local cluster; torch threads per task = the worker
+        machine's cores // the worker's threads.
+    retries : times a case is retried when its task errors outside the job or
+        (local cluster) its worker dies. Default: 2.
+    progress : print a progress line on stderr. Default: True.
+    torch_threads : torch threads per task, overriding the defaults above.
+
+    Returns
+    -------
+    dict with ``cases``, ``done``, ``skipped``, ``failed`` (counts), ``failures``
+    (case -> error), ``records`` (summary rows), ``seconds``, ``cases_per_minute``
+    (cases run in this call), ``workers`` and ``out``.
+
+    Raises
+    ------
+    ManifestError, ValueError
+        A bad manifest, an output path that is a file, an unreachable scheduler.
+    """
+    t0 = time.perf_counter()
+    if workers is not None and scheduler is not None:
+        raise ValueError("give --workers or --scheduler, not both")
+    if workers is not None and int(workers) < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    if torch_threads is not None and int(torch_threads) < 1:
+        raise ValueError(f"--torch-threads must be at least 1, got {torch_threads}")
+    rows = read_manifest(manifest)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    run_id = uuid.uuid4().hex[:12]
+    cases_dir = out / "cases"
+    results: dict[str, dict] = {}
+    to_run = []
+    for row in rows:
+        d = cases_dir / row.case_id
+        if (d / DONE).is_file():
+            results[row.case_id] = run_case_task(row.case, str(d), run_id)
+        elif row.error:
+            _record_failure(d, row.error)
+            results[row.case_id] = {"case": row.case_id, "status": "failed", "records": [], "error": row.error,
+                                    "seconds": 0.0}
+        else:
+            to_run.append(row)
+    bar = _ProgressLine(len(to_run), progress)
+    if progress:
+        print(f"{len(rows)} cases: {len(to_run)} to run, {sum(r['status'] == 'skipped' for r in results.values())} "
+              f"already done, {sum(r['status'] == 'failed' for r in results.values())} invalid", file=sys.stderr)
+    n_workers = 0
+    if to_run:
+        client = cluster = None
+        try:
+            client, cluster, threads = _connect(workers, scheduler, retries, torch_threads)
+            n_workers = len(client.scheduler_info().get("workers", {}))
+            results.update(_submit_all(client, to_run, cases_dir, run_id, threads, retries, bar))
+        finally:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+    for row in rows:
+        for stale in (cases_dir / row.case_id).glob(f"{_PARTIAL}*"):  # staging left by killed workers
+            shutil.rmtree(stale, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    summary = _write_outputs(out, manifest, rows, results, seconds, n_workers, len(to_run))
+    if progress:
+        print(f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed "
+              f"in {seconds:.1f} s; wrote {out / 'summary.csv'} and {out / 'report.md'}", file=sys.stderr)
+        for case_id, err in summary["failures"].items():
+            print(f"failed: {case_id}: {err}", file=sys.stderr)
+    return summary
+
+
+def _submit_all(client, rows, cases_dir: Path, run_id: str, threads, retries: int, bar) -> dict:
+    from distributed import as_completed
+
+    futures = {}
+    for row in rows:
+        fut = client.submit(run_case_task, row.case, str(cases_dir / row.case_id), run_id, threads,
+                            key=f"xaiclip-case-{row.case_id}-{run_id}", pure=False, retries=retries)
+        futures[fut] = row
+    results = {}
+    for fut in as_completed(list(futures)):
+        row = futures[fut]
+        try:
+            result = fut.result()
+        except Exception as exc:  # KilledWorker after repeated worker deaths, or a task that could not run
+            message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            _record_failure(cases_dir / row.case_id, message, "".join(traceback.format_exception(exc)))
+            result = {"case": row.case_id, "status": "failed", "records": [], "error": message, "seconds": None}
+        results[row.case_id] = result
+        bar.update(result)
+    return results
+
+
+# --- summary and report ----------------------------------------------------
+def _aggregate(records: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["mode"]), []).append(r)
+    out = []
+    for (method, mode), rs in groups.items():
+        row = {"method": method, "mode": mode, "n": len(rs), "cases": len({r["case"] for r in rs})}
+        for f in AGGREGATE_FIELDS:
+            v = np.array([r[f] for r in rs if isinstance(r.get(f), (int, float))], float)
+            row[f"{f}_mean"] = round(float(v.mean()), 6) if v.size else None
+            row[f"{f}_sd"] = round(float(v.std(ddof=1)), 6) if v.size > 1 else None
+        out.append(row)
+    return out
+
+
+def _write_outputs(out: Path, manifest, rows, results, seconds, n_workers, n_run) -> dict:
+    from .reports import markdown_table, write_metrics
+
+    summary_rows, failures = [], {}
+    for row in rows:
+        res = results[row.case_id]
+        if res["status"] == "failed":
+            failures[row.case_id] = res["error"]
+            summary_rows.append({"case": row.case_id, "status": "failed", "error": res["error"]})
+        for rec in res["records"]:
+            summary_rows.append({**rec, "case": row.case_id, "status": res["status"], "error": None})
+    out.mkdir(parents=True, exist_ok=True)
+    write_metrics(out, summary_rows, SUMMARY_FIELDS, stem="summary")
+    aggregates = _aggregate([r for r in summary_rows if r["status"] != "failed"])
+    agg_fields = ["method", "mode", "n", "cases"] + [f"{f}_{s}" for f in AGGREGATE_FIELDS for s in ("mean", "sd")]
+    write_metrics(out, aggregates, agg_fields, stem="aggregates")
+    counts = {s: sum(results[r.case_id]["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+    ran = counts["done"] + sum(results[r.case_id]["status"] == "failed" and r.error is None for r in rows)
+    per_min = round(60.0 * ran / seconds, 3) if n_run and seconds > 0 else None
+    table = [{"method": a["method"], "mode": a["mode"], "n": a["n"],
+              **{f: _mean_sd(a[f"{f}_mean"], a[f"{f}_sd"]) for f in AGGREGATE_FIELDS}} for a in aggregates]
+    lines = [
+        "# xaiclip batch report", "",
+        f"Manifest: `{manifest}`; {len(rows)} cases: {counts['done']} run now, {counts['skipped']} done "
+        f"in an earlier run (skipped), {counts['failed']} failed.",
+        f"Run time {seconds:.1f} s on {n_workers or 'no'} Dask workers"
+        + (f" ({per_min} cases per minute)." if per_min else "."), "",
+        "Per method and mode over every slice of every finished case (mean ± standard deviation):", "",
+        markdown_table(table, ["method", "mode", "n", *AGGREGATE_FIELDS]) if table else "(no finished case)", "",
+        "Per-case outputs are in `cases/<case>/`; every row is in `summary.csv`.",
+    ]
+    if failures:
+        lines += ["", "## Failed cases", "", *(f"- `{c}`: {e} (see `cases/{c}/error.txt`)" for c, e in failures.items())]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    return {"cases": len(rows), **counts, "failures": failures, "records": summary_rows, "aggregates": aggregates,
+            "seconds": seconds, "cases_per_minute": per_min, "workers": n_workers, "out": str(out)}
+
+
+def _mean_sd(mean, sd) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.4g}" + (f" ± {sd:.2g}" if sd is not None else "")

@@ -1,0 +1,43 @@
+"""Shared test set-up: CPU only, one torch thread, Triton kept out of GUI processes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Loading Triton after napari creates a Mesa OpenGL context crashes the process
+# (both bundle LLVM); the plugin does the same in napari (widgets/_guard.py).
+from napari_xaiclip.widgets._guard import keep_triton_out
+
+keep_triton_out()
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _cpu_only(monkeypatch):
+    """Models run on the CPU in tests, whatever the machine has."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def notifications():
+    """Messages napari shows to the user during a test (errors, warnings, infos)."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[str] = []
+
+    def record(notification):
+        seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+def pump_until(qtbot, condition, timeout: float = 120.0) -> None:
+    """Let the event loop run until ``condition()`` holds (workers deliver through it)."""
+    qtbot.waitUntil(condition, timeout=int(timeout * 1000))

@@ -66,6 +66,8 @@ SUMMARY_FIELDS = ["case", "status"] + CASE_FIELDS + ["error"]
 AGGREGATE_FIELDS = ("rho", "seconds", "n_forward", "dice_vs_baseline", "dice_vs_gt")
 DONE, ERROR = "done.json", "error.txt"
 _PARTIAL = ".xaiclip-partial-"
+#: How long to wait for a ``--scheduler`` to answer.
+SCHEDULER_TIMEOUT = "15s"
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -90,7 +92,7 @@ def _split(text: str) -> list[str]:
 
 def _resolve(base: Path, text: str) -> str:
     p = Path(text).expanduser()
-    return str(p if p.is_absolute() else base / p)
+    return os.path.abspath(p if p.is_absolute() else base / p)
 
 
 def _parse_row(values: dict, base: Path) -> tuple[str | None, Case]:
@@ -340,7 +342,7 @@ def _connect(workers, scheduler, retries: int, torch_threads: int | None):
 
     if scheduler:
         try:
-            return Client(scheduler, timeout="20s"), None, torch_threads
+            return Client(scheduler, timeout=SCHEDULER_TIMEOUT), None, torch_threads
         except (OSError, TimeoutError) as exc:
             raise ValueError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
     n = max(1, int(workers or min(2, _cores())))
@@ -404,8 +406,7 @@ def run_batch(manifest, out, workers: int | None = None, scheduler: str | None =
         d = cases_dir / row.case_id
         if (d / DONE).is_file():
             results[row.case_id] = run_case_task(row.case, str(d), run_id)
-        elif row.error:
-            _record_failure(d, row.error)
+        elif row.error:  # error.txt written after the run, so a batch that cannot start writes nothing
             results[row.case_id] = {"case": row.case_id, "status": "failed", "records": [], "error": row.error,
                                     "seconds": 0.0}
         else:
@@ -427,6 +428,8 @@ def run_batch(manifest, out, workers: int | None = None, scheduler: str | None =
             if cluster is not None:
                 cluster.close()
     for row in rows:
+        if row.error and results[row.case_id]["status"] == "failed":
+            _record_failure(cases_dir / row.case_id, row.error)
         for stale in (cases_dir / row.case_id).glob(f"{_PARTIAL}*"):  # staging left by killed workers
             shutil.rmtree(stale, ignore_errors=True)
     seconds = time.perf_counter() - t0

@@ -89,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     """Subcommands defined in other modules (explain, batch, components)."""
-    from . import cli_explain
+    from . import cli_components, cli_explain
 
-    return cli_explain.COMMANDS
+    return cli_explain.COMMANDS + cli_components.COMMANDS
 
 
 # --- commands -----------------------------------------------------------

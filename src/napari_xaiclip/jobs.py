@@ -27,7 +27,8 @@ from .pipeline import METRIC_FIELDS, box_from_mask, expand_modes, iter_explain_s
 from .preprocess import PRESETS, apply_preset
 from .slicing import check_slice, put_slice, take_slice
 
-__all__ = ["CASE_FIELDS", "Case", "PreparedCase", "parse_slices", "prepare_case", "run_case"]
+__all__ = ["CASE_FIELDS", "Case", "PreparedCase", "bank_slices", "parse_slices", "prepare_case", "run_case",
+           "slice_box_and_gt"]
 
 CASE_FIELDS = METRIC_FIELDS[:2] + ["slice"] + METRIC_FIELDS[2:]
 
@@ -153,17 +154,32 @@ def prepare_case(case: Case) -> PreparedCase:
     return PreparedCase(case, vol, labels, value, list(slices), modes)
 
 
-def _slice_inputs(prep: PreparedCase, index: int, localizer):
+def slice_box_and_gt(prep: PreparedCase, index: int):
+    """(image as the models see it, box prompt, ground-truth mask or None) of one slice."""
     case = prep.case
     raw = take_slice(prep.volume.data, case.axis, index)
     image = apply_preset(raw, case.preprocess) if case.preprocess != "none" else raw
     gt = None if prep.labels is None else take_slice(prep.labels, case.axis, index) == prep.organ_value
     if case.box is not None:
-        box = tuple(float(v) for v in case.box)
-    else:
-        if not gt.any():
-            raise ValueError(f"organ {case.organ!r} is absent from slice {index}; no box can be taken")
-        box = box_from_mask(gt, case.box_margin)
+        return image, tuple(float(v) for v in case.box), gt
+    if not gt.any():
+        raise ValueError(f"organ {case.organ!r} is absent from slice {index}; no box can be taken")
+    return image, box_from_mask(gt, case.box_margin), gt
+
+
+def bank_slices(prep: PreparedCase, index: int, n: int = 8) -> list[np.ndarray]:
+    """Other slices of the volume, evenly spaced, as the causal method's filler bank."""
+    case = prep.case
+    size = prep.volume.data.shape[case.axis]
+    picks = [int(i) for i in np.unique(np.linspace(0, size - 1, n + 1).round()) if int(i) != index][:n]
+    image = [take_slice(prep.volume.data, case.axis, i) for i in picks]
+    return [apply_preset(s, case.preprocess) if case.preprocess != "none" else s for s in image]
+
+
+def _slice_inputs(prep: PreparedCase, index: int, localizer):
+    case = prep.case
+    image, box, gt = slice_box_and_gt(prep, index)
+    raw = take_slice(prep.volume.data, case.axis, index)
     roi, score = None, None
     if case.roi == "labels":
         from .roi import clean_roi
@@ -210,8 +226,11 @@ def _run(prep: PreparedCase, seg, loc, stage: Path, on_progress, save_figure) ->
     multi = len(prep.slices) > 1
     for n, index in enumerate(prep.slices):
         image, raw, gt, box, roi, score = _slice_inputs(prep, index, loc)
+        params = dict(case.params)
+        if "causal" in case.methods and "bank_slices" not in params.get("causal", {}):
+            params["causal"] = {**params.get("causal", {}), "bank_slices": bank_slices(prep, index)}
         gen = iter_explain_slice(seg, image, box, case.methods, prep.modes, roi=roi, gt=gt, score_map=score,
-                                 seed=case.seed, params=case.params, curves=case.curves)
+                                 seed=case.seed, params=params, curves=case.curves)
         while True:
             try:
                 job, n_jobs, label, p = next(gen)

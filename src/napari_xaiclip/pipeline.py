@@ -29,6 +29,8 @@ __all__ = [
 METRIC_FIELDS = ["method", "mode", "n_forward", "n_patch", "n_patch_full", "rho", "seconds", "gflops",
                  "dice_vs_baseline", "iou_vs_baseline", "dice_vs_gt", "iou_vs_gt", "pointing_game",
                  "deletion_auc", "insertion_auc"]
+#: Extra columns some methods add (SegX's uncertainty).
+EXTRA_FIELDS = ["segu"]
 
 MODES = ("traditional", "roi")
 
@@ -82,6 +84,8 @@ def _record(ex: Explanation, metrics: dict) -> dict:
     for k, v in metrics.items():
         if k not in rec and not k.endswith("_curve"):
             rec[k] = v
+    if "segu" in ex.info:
+        rec["segu"] = ex.info["segu"]
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in rec.items()}
 
 

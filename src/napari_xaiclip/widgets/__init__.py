@@ -7,6 +7,7 @@ from ._guard import keep_triton_out
 
 keep_triton_out()
 
+from .companions import CompanionsWidget
 from .explainer import ExplainerWidget
 from .metrics import MetricsWidget
 from .preprocessing import PreprocessingWidget
@@ -14,7 +15,7 @@ from .roi import RoiWidget
 from .segmentation import SegmentationWidget
 from .slice_picker import SlicePickerWidget
 
-__all__ = ["DOCK_ORDER", "ExplainerWidget", "MetricsWidget", "PreprocessingWidget", "RoiWidget",
+__all__ = ["DOCK_ORDER", "CompanionsWidget", "ExplainerWidget", "MetricsWidget", "PreprocessingWidget", "RoiWidget",
            "SegmentationWidget", "SlicePickerWidget"]
 
 #: (title, widget class, dock area, tab group) in the order `xaiclip gui` docks them.
@@ -24,5 +25,6 @@ DOCK_ORDER = [
     ("2 ROI", RoiWidget, "right", "steps"),
     ("3 Segmentation", SegmentationWidget, "right", "steps"),
     ("4 Explainers", ExplainerWidget, "right", "steps"),
+    ("5 Masks & components", CompanionsWidget, "right", "steps"),
     ("Metrics", MetricsWidget, "bottom", None),
 ]

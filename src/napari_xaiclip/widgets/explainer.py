@@ -167,6 +167,11 @@ class ExplainerWidget(QWidget):
                          "roi": roi if "roi" in modes else None, "gt": gt, "score": self._score_map(axis, index)})
         method = self.method.currentText()
         params = {k: v for k, v in self.params.values().items() if v is not None}
+        if method == "causal":  # fillers come from other slices of the same volume
+            n = volume.shape[axis]
+            picks = np.unique(np.linspace(0, n - 1, 9).round().astype(int))
+            params["bank_slices"] = [np.array(take_slice(volume, axis, int(i))) for i in picks
+                                     if int(i) not in indices][:8]
         return {"layer": layer, "axis": axis, "indices": indices, "modes": modes, "target": target,
                 "method": method, "params": params, "jobs": jobs, "spec": self.model.spec(),
                 "device": self.model.device_name(), "batch": self.batch.value() or "auto",

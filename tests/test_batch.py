@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -166,7 +167,7 @@ def test_killed_worker_still_yields_every_case_exactly_once(cohort, serial, tmp_
                     running = [k for k in keys if not (out / "cases" / _case_of(k) / "done.json").exists()]
                     if running and addr in pids:
                         killed = (addr, pids[addr], _case_of(running[0]))
-                        client.run(os._exit, 1, workers=[addr], wait=False)
+                        os.kill(pids[addr], signal.SIGKILL)  # the worker process dies mid-case
                         break
             time.sleep(0.05)
         runner.join(timeout=300)

@@ -118,3 +118,54 @@ def test_reader_reports_corrupt_files(tmp_path):
     with pytest.raises(ValueError, match="broken.nii.gz"):
         reader(str(bad))
     assert get_reader(str(tmp_path / "photo.png")) is None
+
+
+def test_autosave_restores_roi_and_heatmaps_after_the_viewer_is_gone(make_napari_viewer, tmp_path, monkeypatch, qtbot):
+    from napari_xaiclip.widgets import MetricsWidget
+    from napari_xaiclip.widgets._common import roi_layer, slice_layer_kwargs
+
+    monkeypatch.setenv("XAICLIP_SESSION_DIR", str(tmp_path / "sessions"))
+    vol, labels, _ = make_phantom(shape=(6, 64, 64), seed=4)
+
+    def open_scene():
+        viewer = make_napari_viewer()
+        image = viewer.add_image(vol.data, name="CT", **layer_geometry(vol))
+        return viewer, image, MetricsWidget(viewer)
+
+    viewer, image, metrics = open_scene()
+    roi = roi_layer(viewer, image)
+    roi.data[3, 10:20, 12:30] = 1  # a brush stroke
+    roi.events.data()
+    heat = np.random.default_rng(0).random((1, 64, 64)).astype(np.float32)
+    kw = slice_layer_kwargs(image, 0, 3)
+    kw["metadata"]["xaiclip_records"] = [{"method": "occlusion", "mode": "roi", "slice": 3, "image": "CT"}]
+    kw["metadata"]["xaiclip_run_id"] = "abc"
+    viewer.add_image(heat, name="CT · occlusion (roi)", **kw)
+    qtbot.waitUntil(lambda: len(metrics.autosave.saved_files) >= 2, timeout=10_000)
+    viewer.close()  # the session ends (a crash would lose nothing saved so far)
+
+    viewer2, image2, metrics2 = open_scene()
+    added = metrics2.autosave.restore(image2)
+    assert sorted(added) == ["CT · occlusion (roi)", "ROI"]
+    np.testing.assert_array_equal(viewer2.layers["ROI"].data, roi.data)
+    np.testing.assert_array_equal(viewer2.layers["CT · occlusion (roi)"].data, heat)
+    np.testing.assert_allclose(viewer2.layers["CT · occlusion (roi)"].translate, kw["translate"])
+    assert metrics2.table.rowCount() == 1  # the restored run is listed again
+
+
+def test_autosave_can_be_switched_off(make_napari_viewer, tmp_path, monkeypatch, qtbot):
+    from napari_xaiclip.widgets import MetricsWidget
+    from napari_xaiclip.widgets._common import roi_layer
+
+    monkeypatch.setenv("XAICLIP_SESSION_DIR", str(tmp_path / "sessions"))
+    monkeypatch.setenv("XAICLIP_AUTOSAVE", "0")
+    viewer = make_napari_viewer()
+    vol, _, _ = make_phantom(shape=(4, 32, 32), seed=4)
+    image = viewer.add_image(vol.data, name="CT", **layer_geometry(vol))
+    metrics = MetricsWidget(viewer)
+    assert not metrics.autosave_box.isChecked()
+    roi = roi_layer(viewer, image)
+    roi.data[1, 2:5, 2:5] = 1
+    roi.events.data()
+    qtbot.wait(1500)
+    assert metrics.autosave.saved_files == [] and not (tmp_path / "sessions").exists()

@@ -89,6 +89,8 @@ def launch(volume: str | None = None, labels: str | None = None, modality: str =
     widgets = dock_widgets(viewer)
     if layer is not None:
         viewer.layers.selection.active = layer
+        if "Metrics" in widgets:
+            widgets["Metrics"].autosave.restore(layer)
     picker = widgets.get("Slice picker")
     if picker is not None and layer is not None:
         picker.layer_choice.set_layer(layer.name)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -58,6 +59,12 @@ class MetricsWidget(QWidget):
         self.table.setHorizontalHeaderLabels([c.replace("_", " ") for c in COLUMNS])
         self.table.setSortingEnabled(True)
         self.table.setMinimumHeight(160)
+        from .autosave import AutosaveController
+
+        self.autosave = AutosaveController(napari_viewer)
+        self.autosave_box = QCheckBox("Autosave ROI and heatmaps to the session folder")
+        self.autosave_box.setChecked(self.autosave.enabled)
+        self.autosave_box.toggled.connect(self._toggle_autosave)
         self.export_csv = QPushButton("Export CSV…")
         self.save_all = QPushButton("Save heatmaps, ROI, segmentation, figure…")
         self.clear = QPushButton("Clear")
@@ -69,6 +76,7 @@ class MetricsWidget(QWidget):
         lay = QVBoxLayout(self)
         lay.addWidget(self.table)
         lay.addLayout(row)
+        lay.addWidget(self.autosave_box)
         lay.addWidget(self.status)
         self.export_csv.clicked.connect(lambda: self.write_csv())
         self.save_all.clicked.connect(lambda: self.save_everything())
@@ -76,6 +84,12 @@ class MetricsWidget(QWidget):
         napari_viewer.layers.events.inserted.connect(self._layer_added)
         for layer in napari_viewer.layers:
             self._watch(layer)
+
+    def _toggle_autosave(self, on: bool) -> None:
+        self.autosave.enabled = bool(on)
+        if on:
+            for layer in self.viewer.layers:
+                self.autosave.mark(layer)
 
     # --- collecting --------------------------------------------------------
     def _layer_added(self, event):

@@ -1,0 +1,212 @@
+"""``xaiclip explain`` through ``cli.main``: outputs, voxel-exact geometry on oblique anisotropic files,
+slice ranges, and input errors (exit 2, one ``error:`` line, no traceback, no files)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel import orientations as ornt
+
+from napari_xaiclip.cli import main
+from napari_xaiclip.phantom import make_phantom
+
+SHAPE = (6, 64, 64)  # (z, y, x) display order
+SPACING = (0.8, 0.9, 3.0)  # mm along the file's i, j, k
+FAST = ["--param", "occlusion.patch=64", "--param", "occlusion.stride=64", "--no-curves"]
+CONTRACT = ["method", "mode", "n_forward", "n_patch", "n_patch_full", "rho", "seconds", "gflops", "dice_vs_baseline",
+            "iou_vs_baseline", "dice_vs_gt", "iou_vs_gt", "pointing_game", "deletion_auc", "insertion_auc"]
+
+
+def _rotation(degrees_z: float, degrees_x: float) -> np.ndarray:
+    a, b = np.radians(degrees_z), np.radians(degrees_x)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return rz @ rx
+
+
+def _write_oblique(folder: Path, orientation: str):
+    """Phantom CT and labels written with nibabel in an oblique, anisotropic file geometry.
+
+    "LPS": file axes (i, j, k) run to the patient's left, posterior, superior (the display
+    array transposed); "RAS": right, anterior, superior (transposed and flipped in-plane).
+    """
+    vol, labels, _ = make_phantom(shape=SHAPE, seed=1)
+    def to_file(display):  # display (z: S, y: P, x: L) -> file (i, j, k)
+        arr = np.transpose(display, (2, 1, 0))
+        return arr if orientation == "LPS" else arr[::-1, ::-1, :]
+    signs = np.array([-1.0, -1.0, 1.0]) if orientation == "LPS" else np.array([1.0, 1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = _rotation(17.0, 11.0) @ np.diag(signs * np.array(SPACING))
+    affine[:3, 3] = [12.5, -30.25, 41.0]
+    paths = {}
+    for name, data, dtype in (("ct", vol.data, np.float32), ("labels", labels, np.int16)):
+        img = nib.Nifti1Image(np.ascontiguousarray(to_file(data)).astype(dtype), affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+        paths[name] = folder / f"{name}_{orientation}.nii.gz"
+        nib.save(img, paths[name])
+    return paths, affine, labels
+
+
+def _file_axis_of_display_z(affine):
+    """(file axis, flipped) holding the display's axial index, from nibabel.orientations alone."""
+    io = ornt.io_orientation(affine)  # per file axis: (RAS axis, direction)
+    axis = int(np.nonzero(io[:, 0] == 2)[0][0])  # RAS axis 2 = S = display axis 0
+    return axis, io[axis, 1] < 0
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    return {o: _write_oblique(folder, o) for o in ("LPS", "RAS")} | {"folder": folder}
+
+
+def _err_lines(capsys):
+    return capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("orientation", ["LPS", "RAS"])
+def test_explain_outputs_line_up_with_an_oblique_anisotropic_source(data, orientation, tmp_path, capsys):
+    paths, affine, labels_display = data[orientation]
+    liver = (labels_display == 1).sum(axis=(1, 2))
+    z = int(np.argmax(liver))  # the largest liver slice is explain's default slice
+    out = tmp_path / "out"
+    code = main(["explain", str(paths["ct"]), "--labels", str(paths["labels"]), "--organ", "liver",
+                 "--roi", "labels", "--mode", "both", "--out", str(out), *FAST])
+    assert code == 0, capsys.readouterr().err
+    for name in ("occlusion-traditional", "occlusion-roi"):
+        assert (out / f"{name}.nii.gz").is_file() and (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    src = nib.load(paths["ct"])
+    lab = np.asarray(nib.load(paths["labels"]).dataobj)
+    axis, flipped = _file_axis_of_display_z(src.affine)
+    k = SHAPE[0] - 1 - z if flipped else z
+    on_slice = np.zeros(src.shape, bool)
+    index = [slice(None)] * 3
+    index[axis] = k
+    on_slice[tuple(index)] = True
+    for name in ("occlusion-traditional", "occlusion-roi", "roi", "segmentation"):
+        img = nib.load(out / f"{name}.nii.gz")
+        assert img.shape == src.shape
+        np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+        np.testing.assert_allclose(img.affine, affine, atol=1e-5)
+        arr = np.asarray(img.dataobj)
+        if name != "segmentation":  # an untrained placeholder segmenter may return an empty mask
+            assert np.count_nonzero(arr) > 0, name
+        assert not np.any(arr[~on_slice]), f"{name} has values off the explained slice"
+    # the ROI (from the labels) sits exactly on the labels file's liver voxels of that slice
+    roi = np.asarray(nib.load(out / "roi.nii.gz").dataobj)
+    np.testing.assert_array_equal(roi[tuple(index)] > 0, lab[tuple(index)] == 1)
+
+    records = json.loads((out / "metrics.json").read_text())
+    assert [(r["method"], r["mode"]) for r in records] == [("occlusion", "traditional"), ("occlusion", "roi")]
+    curves = {"deletion_auc", "insertion_auc"}  # with --no-curves the JSON records leave them out
+    for r in records:
+        assert set(CONTRACT) - curves <= set(r)
+        assert r["slice"] == z and r["dice_vs_gt"] is not None and r.get("deletion_auc") is None
+    assert records[0]["rho"] == 1.0 and 0 < records[1]["rho"] < 1
+    with open(out / "metrics.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert set(CONTRACT) <= set(reader.fieldnames) and len(rows) == 2
+    assert all(row["deletion_auc"] == "" and row["dice_vs_gt"] != "" for row in rows)
+    assert not list(out.glob(".xaiclip-partial-*"))
+
+
+@pytest.mark.slow
+def test_explain_slice_range_with_box(data, tmp_path, capsys):
+    paths, _, _ = data["LPS"]
+    out = tmp_path / "range"
+    code = main(["explain", str(paths["ct"]), "--slices", "2:5", "--box", "8", "10", "56", "50", "--roi", "none",
+                 "--mode", "traditional", "--out", str(out), *FAST])
+    assert code == 0, capsys.readouterr().err
+    heat = nib.load(out / "occlusion-traditional.nii.gz")
+    arr = np.asarray(heat.dataobj)
+    axis, flipped = _file_axis_of_display_z(heat.affine)
+    per_slice = np.count_nonzero(np.moveaxis(arr, axis, 0), axis=(1, 2))
+    explained = {SHAPE[0] - 1 - z if flipped else z for z in (2, 3, 4)}
+    for k in range(SHAPE[0]):
+        assert (per_slice[k] > 0) == (k in explained), per_slice
+    records = json.loads((out / "metrics.json").read_text())
+    assert [r["slice"] for r in records] == [2, 3, 4]
+    assert all(r["dice_vs_gt"] is None and r["iou_vs_gt"] is None for r in records)  # no labels: null
+    assert sorted(p.name for p in out.glob("*.png")) == [f"occlusion-traditional-s{z}.png" for z in (2, 3, 4)]
+    assert not (out / "roi.nii.gz").exists()
+
+
+def _corrupt(folder: Path) -> Path:
+    good = (folder / "ct_LPS.nii.gz").read_bytes()
+    bad = folder / "truncated.nii.gz"
+    bad.write_bytes(good[: len(good) // 3])
+    return bad
+
+
+ERRORS = {
+    "missing volume": (lambda p, f: [str(f / "nope.nii.gz"), "--box", "1", "1", "9", "9", "--slice", "2"],
+                       "no such file"),
+    "missing labels": (lambda p, f: [str(p["ct"]), "--labels", str(f / "nolabels.nii.gz"), "--organ", "liver"],
+                       "no such file"),
+    "unknown organ": (lambda p, f: [str(p["ct"]), "--labels", str(p["labels"]), "--organ", "unicorn"],
+                      "unknown organ 'unicorn'"),
+    "box outside": (lambda p, f: [str(p["ct"]), "--slice", "2", "--box", "100", "100", "120", "130"],
+                    "lies outside the 64x64"),
+    "corrupt nifti": (lambda p, f: [str(_corrupt(f)), "--slice", "2", "--box", "1", "1", "9", "9"],
+                      "truncated.nii.gz"),
+    "roi mode without roi": (lambda p, f: [str(p["ct"]), "--labels", str(p["labels"]), "--organ", "liver",
+                                           "--mode", "roi", "--roi", "none"], "ROI-guided mode needs an ROI"),
+    "slice outside": (lambda p, f: [str(p["ct"]), "--slice", "6", "--box", "1", "1", "9", "9"],
+                      "slice 6 is outside 0..5"),
+}
+
+
+@pytest.mark.parametrize("name", list(ERRORS))
+def test_explain_input_errors(name, data, tmp_path, capsys):
+    args, message = ERRORS[name]
+    out = tmp_path / "out"
+    code = main(["explain", *args(data["LPS"][0], data["folder"]), "--out", str(out), *FAST])
+    err = _err_lines(capsys)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_unknown_method_is_refused_by_argparse(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["explain", str(data["LPS"][0]["ct"]), "--slice", "2", "--box", "1", "1", "9", "9",
+              "--method", "magic", "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'magic'" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def _xaiclip(*args):
+    exe = Path(sys.executable).with_name("xaiclip")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_console_script_error_line_and_debug_traceback(tmp_path):
+    missing = str(tmp_path / "nope.nii.gz")
+    plain = _xaiclip("explain", missing, "--slice", "0", "--box", "1", "1", "9", "9", "--out", str(tmp_path / "a"))
+    assert plain.returncode == 2
+    assert plain.stderr.strip().splitlines() == [f"error: {missing}: no such file"]
+    debug = _xaiclip("--debug", "explain", missing, "--slice", "0", "--box", "1", "1", "9", "9",
+                     "--out", str(tmp_path / "b"))
+    assert debug.returncode != 0
+    assert "Traceback (most recent call last)" in debug.stderr and "no such file" in debug.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_truncated_gzip_really_is_corrupt(data):
+    with pytest.raises((EOFError, OSError)):
+        gzip.decompress(_corrupt(data["folder"]).read_bytes())

@@ -18,6 +18,8 @@ from nibabel import orientations as ornt
 from napari_xaiclip.cli import main
 from napari_xaiclip.phantom import make_phantom
 
+from toy_models import IdentityProbNet, make_segmenter
+
 SHAPE = (6, 64, 64)  # (z, y, x) display order
 SPACING = (0.8, 0.9, 3.0)  # mm along the file's i, j, k
 FAST = ["--param", "occlusion.patch=64", "--param", "occlusion.stride=64", "--no-curves"]
@@ -73,12 +75,29 @@ def _err_lines(capsys):
     return capsys.readouterr().err.strip().splitlines()
 
 
+def bright_segmenter():
+    """A segmenter with a known answer: mask = min-max normalised slice > 0.5 (``--model module:test_cli:...``)."""
+    return make_segmenter(IdentityProbNet(), size=SHAPE[1], normalize="minmax", counting=False)
+
+
+TOY = ["--model", "module:test_cli:bright_segmenter", "--param", "occlusion.patch=16",
+       "--param", "occlusion.stride=16", "--no-curves"]
+
+
+def _file_slice(shape, affine, z):
+    """Index of display slice ``z`` in the file's own array and a mask of its voxels."""
+    axis, flipped = _file_axis_of_display_z(affine)
+    index = [slice(None)] * 3
+    index[axis] = shape[axis] - 1 - z if flipped else z
+    on_slice = np.zeros(shape, bool)
+    on_slice[tuple(index)] = True
+    return tuple(index), on_slice
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("orientation", ["LPS", "RAS"])
-def test_explain_outputs_line_up_with_an_oblique_anisotropic_source(data, orientation, tmp_path, capsys):
-    paths, affine, labels_display = data[orientation]
-    liver = (labels_display == 1).sum(axis=(1, 2))
-    z = int(np.argmax(liver))  # the largest liver slice is explain's default slice
+def test_explain_with_default_models_writes_the_contract_outputs(data, tmp_path, capsys):
+    paths, affine, labels_display = data["LPS"]
+    z = int(np.argmax((labels_display == 1).sum(axis=(1, 2))))  # explain's default: the largest liver slice
     out = tmp_path / "out"
     code = main(["explain", str(paths["ct"]), "--labels", str(paths["labels"]), "--organ", "liver",
                  "--roi", "labels", "--mode", "both", "--out", str(out), *FAST])
@@ -86,25 +105,16 @@ def test_explain_outputs_line_up_with_an_oblique_anisotropic_source(data, orient
     for name in ("occlusion-traditional", "occlusion-roi"):
         assert (out / f"{name}.nii.gz").is_file() and (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     src = nib.load(paths["ct"])
-    lab = np.asarray(nib.load(paths["labels"]).dataobj)
-    axis, flipped = _file_axis_of_display_z(src.affine)
-    k = SHAPE[0] - 1 - z if flipped else z
-    on_slice = np.zeros(src.shape, bool)
-    index = [slice(None)] * 3
-    index[axis] = k
-    on_slice[tuple(index)] = True
+    index, on_slice = _file_slice(src.shape, src.affine, z)
     for name in ("occlusion-traditional", "occlusion-roi", "roi", "segmentation"):
         img = nib.load(out / f"{name}.nii.gz")
         assert img.shape == src.shape
-        np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
         np.testing.assert_allclose(img.affine, affine, atol=1e-5)
-        arr = np.asarray(img.dataobj)
-        if name != "segmentation":  # an untrained placeholder segmenter may return an empty mask
-            assert np.count_nonzero(arr) > 0, name
-        assert not np.any(arr[~on_slice]), f"{name} has values off the explained slice"
+        assert not np.any(np.asarray(img.dataobj)[~on_slice]), f"{name} has values off the explained slice"
     # the ROI (from the labels) sits exactly on the labels file's liver voxels of that slice
+    lab = np.asarray(nib.load(paths["labels"]).dataobj)
     roi = np.asarray(nib.load(out / "roi.nii.gz").dataobj)
-    np.testing.assert_array_equal(roi[tuple(index)] > 0, lab[tuple(index)] == 1)
+    np.testing.assert_array_equal(roi[index] > 0, lab[index] == 1)
 
     records = json.loads((out / "metrics.json").read_text())
     assert [(r["method"], r["mode"]) for r in records] == [("occlusion", "traditional"), ("occlusion", "roi")]
@@ -113,6 +123,7 @@ def test_explain_outputs_line_up_with_an_oblique_anisotropic_source(data, orient
         assert set(CONTRACT) - curves <= set(r)
         assert r["slice"] == z and r["dice_vs_gt"] is not None and r.get("deletion_auc") is None
     assert records[0]["rho"] == 1.0 and 0 < records[1]["rho"] < 1
+    assert records[1]["n_patch"] < records[0]["n_patch"] == records[1]["n_patch_full"]
     with open(out / "metrics.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
@@ -121,20 +132,42 @@ def test_explain_outputs_line_up_with_an_oblique_anisotropic_source(data, orient
     assert not list(out.glob(".xaiclip-partial-*"))
 
 
-@pytest.mark.slow
-def test_explain_slice_range_with_box(data, tmp_path, capsys):
-    paths, _, _ = data["LPS"]
+@pytest.mark.parametrize("orientation", ["LPS", "RAS"])
+def test_explain_outputs_line_up_voxel_for_voxel_with_an_oblique_anisotropic_source(data, orientation, tmp_path,
+                                                                                   capsys):
+    paths, affine, _ = data[orientation]
+    z = 3
+    out = tmp_path / "out"
+    code = main(["explain", str(paths["ct"]), "--slice", str(z), "--box", "4", "4", "60", "60", "--roi", "none",
+                 "--mode", "traditional", "--out", str(out), *TOY])
+    assert code == 0, capsys.readouterr().err
+    src = nib.load(paths["ct"])
+    assert np.linalg.norm(src.affine[:3, :3], axis=0) == pytest.approx(SPACING)
+    index, on_slice = _file_slice(src.shape, src.affine, z)
+    # the toy segmenter's mask, computed here from the source file's own voxels of that slice
+    plane = np.asarray(src.dataobj, np.float64)[index]
+    expected = (plane - plane.min()) / (plane.max() - plane.min()) > 0.5
+    seg = nib.load(out / "segmentation.nii.gz")
+    heat = nib.load(out / "occlusion-traditional.nii.gz")
+    for img in (seg, heat):
+        assert img.shape == src.shape
+        np.testing.assert_allclose(img.affine, affine, atol=1e-5)
+        arr = np.asarray(img.dataobj)
+        assert np.count_nonzero(arr[index]) > 0 and not np.any(arr[~on_slice])
+    np.testing.assert_array_equal(np.asarray(seg.dataobj)[index] > 0, expected)
+
+
+def test_explain_slice_range(data, tmp_path, capsys):
+    paths, _, _ = data["RAS"]
     out = tmp_path / "range"
-    code = main(["explain", str(paths["ct"]), "--slices", "2:5", "--box", "8", "10", "56", "50", "--roi", "none",
-                 "--mode", "traditional", "--out", str(out), *FAST])
+    code = main(["explain", str(paths["ct"]), "--slices", "2:5", "--box", "4", "4", "60", "60", "--roi", "none",
+                 "--mode", "traditional", "--out", str(out), *TOY])
     assert code == 0, capsys.readouterr().err
     heat = nib.load(out / "occlusion-traditional.nii.gz")
     arr = np.asarray(heat.dataobj)
-    axis, flipped = _file_axis_of_display_z(heat.affine)
-    per_slice = np.count_nonzero(np.moveaxis(arr, axis, 0), axis=(1, 2))
-    explained = {SHAPE[0] - 1 - z if flipped else z for z in (2, 3, 4)}
-    for k in range(SHAPE[0]):
-        assert (per_slice[k] > 0) == (k in explained), per_slice
+    for z in range(SHAPE[0]):
+        index, _ = _file_slice(arr.shape, heat.affine, z)
+        assert (np.count_nonzero(arr[index]) > 0) == (z in (2, 3, 4)), z
     records = json.loads((out / "metrics.json").read_text())
     assert [r["slice"] for r in records] == [2, 3, 4]
     assert all(r["dice_vs_gt"] is None and r["iou_vs_gt"] is None for r in records)  # no labels: null
@@ -149,20 +182,21 @@ def _corrupt(folder: Path) -> Path:
     return bad
 
 
+NO_ROI = ["--roi", "none", "--mode", "traditional"]
 ERRORS = {
-    "missing volume": (lambda p, f: [str(f / "nope.nii.gz"), "--box", "1", "1", "9", "9", "--slice", "2"],
+    "missing volume": (lambda p, f: [str(f / "nope.nii.gz"), "--box", "1", "1", "9", "9", "--slice", "2", *NO_ROI],
                        "no such file"),
     "missing labels": (lambda p, f: [str(p["ct"]), "--labels", str(f / "nolabels.nii.gz"), "--organ", "liver"],
                        "no such file"),
     "unknown organ": (lambda p, f: [str(p["ct"]), "--labels", str(p["labels"]), "--organ", "unicorn"],
                       "unknown organ 'unicorn'"),
-    "box outside": (lambda p, f: [str(p["ct"]), "--slice", "2", "--box", "100", "100", "120", "130"],
+    "box outside": (lambda p, f: [str(p["ct"]), "--slice", "2", "--box", "100", "100", "120", "130", *NO_ROI],
                     "lies outside the 64x64"),
-    "corrupt nifti": (lambda p, f: [str(_corrupt(f)), "--slice", "2", "--box", "1", "1", "9", "9"],
+    "corrupt nifti": (lambda p, f: [str(_corrupt(f)), "--slice", "2", "--box", "1", "1", "9", "9", *NO_ROI],
                       "truncated.nii.gz"),
     "roi mode without roi": (lambda p, f: [str(p["ct"]), "--labels", str(p["labels"]), "--organ", "liver",
                                            "--mode", "roi", "--roi", "none"], "ROI-guided mode needs an ROI"),
-    "slice outside": (lambda p, f: [str(p["ct"]), "--slice", "6", "--box", "1", "1", "9", "9"],
+    "slice outside": (lambda p, f: [str(p["ct"]), "--slice", "6", "--box", "1", "1", "9", "9", *NO_ROI],
                       "slice 6 is outside 0..5"),
 }
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -346,8 +347,6 @@ def _connect(workers, scheduler, retries: int, torch_threads: int | None):
         except (OSError, TimeoutError) as exc:
             raise ValueError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
     n = max(1, int(workers or min(2, _cores())))
-    import logging
-
     with dask.config.set({"distributed.scheduler.allowed-failures": max(0, int(retries))}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                silence_logs=logging.ERROR)

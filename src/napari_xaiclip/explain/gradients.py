@@ -1,5 +1,6 @@
-"""Gradient explainers through Captum: integrated gradients with NoiseTunnel
-(SmoothGrad) and Grad-CAM on the image encoder.
+"""Gradient explainers through Captum: integrated gradients smoothed as Captum's
+NoiseTunnel (SmoothGrad) does it, one noise sample at a time so a run can be
+cancelled between samples, and Grad-CAM on the image encoder.
 
 Both need a differentiable target: soft Dice against the baseline mask (used
 in place of the default Dice), the mean probability in the ROI, or the sum of
@@ -54,7 +55,7 @@ def integrated_gradients(ctx: Context, n_steps: int = 32, nt_samples: int = 8, s
     The map is the attribution summed over input channels. NoiseTunnel's noise
     comes from the call's ``seed``.
     """
-    from captum.attr import IntegratedGradients, NoiseTunnel
+    from captum.attr import IntegratedGradients
 
     if n_steps < 2 or nt_samples < 0 or stdevs < 0:
         raise ValueError(f"need n_steps >= 2, nt_samples >= 0, stdevs >= 0, got {n_steps}, {nt_samples}, {stdevs}")
@@ -67,20 +68,25 @@ def integrated_gradients(ctx: Context, n_steps: int = 32, nt_samples: int = 8, s
         base = torch.where(ctx.roi_model[None, None], base, x)
     ig = IntegratedGradients(_forward_fn(ctx, tgt))
     ibs = internal_batch_size or ctx.batch_size
-    yield ctx.progress(0, 1, None, "integrated gradients")
+    n = max(1, int(nt_samples))
+    yield ctx.progress(0, n, None, "integrated gradients")
     devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
-    with torch.enable_grad(), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(ctx.seed)  # NoiseTunnel draws from the global generator
-        if nt_samples:
-            attr = NoiseTunnel(ig).attribute(x, nt_type="smoothgrad", nt_samples=int(nt_samples),
-                                             stdevs=float(stdevs), baselines=base, n_steps=int(n_steps),
-                                             internal_batch_size=ibs)
-        else:
-            attr = ig.attribute(x, baselines=base, n_steps=int(n_steps), internal_batch_size=ibs)
+    noise = None
+    if nt_samples:  # drawn as Captum's NoiseTunnel draws it (seeded), so SmoothGrad results match it
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(ctx.seed)
+            std = torch.tensor(float(stdevs), device=x.device).repeat((n,) + tuple(x.shape[1:]))
+            noise = torch.normal(0, std)
+    total = torch.zeros_like(x)
+    for i in range(n):  # one noise sample at a time: cancellable between samples
+        xi = x if noise is None else x + noise[i:i + 1]
+        with torch.enable_grad():
+            total += ig.attribute(xi, baselines=base, n_steps=int(n_steps), internal_batch_size=ibs).detach()
+        yield ctx.progress(i + 1, n, (total[0] / (i + 1)).sum(0), "integrated gradients")
+    attr = total / n
     passes = int(n_steps) * max(1, int(nt_samples))
     ctx.n_forward += passes
-    heat = attr[0].sum(0).detach()
-    yield ctx.progress(1, 1, heat, "integrated gradients")
+    heat = attr[0].sum(0)
     return finish(ctx, "ig", params, heat, backward_passes=passes, target_name=tgt.name)
 
 

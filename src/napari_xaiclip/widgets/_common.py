@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -92,6 +93,16 @@ class LayerChoice(QComboBox):
         idx = self.findText(name)
         if idx >= 0:
             self.setCurrentIndex(idx)
+
+
+def _quit_worker(ref: list, *_) -> None:
+    """Ask a still-running worker to stop (its panel is being destroyed)."""
+    worker = ref[0]
+    if worker is not None:
+        try:
+            worker.quit()
+        except RuntimeError:  # the worker's Qt object is already gone
+            pass
 
 
 def volume_of(layer) -> np.ndarray:
@@ -206,6 +217,9 @@ class RunPanel(QWidget):
         lay.addWidget(self.status)
         self.cancel_button.clicked.connect(self.cancel)
         self.worker = None
+        self._worker_ref: list = [None]  # outlives this widget, for the destroyed handler
+        self.destroyed.connect(partial(_quit_worker, self._worker_ref))
+        self._watched_window = None
         self.min_interval = min_interval
         self._last_update = 0.0
         self._pending = None
@@ -234,6 +248,8 @@ class RunPanel(QWidget):
         self._pending = None
         preload_libraries()  # first imports of torchvision/triton must not happen in a worker thread
         self.worker = create_worker(make_generator, _ignore_errors=True)  # reported by _errored
+        self._worker_ref[0] = self.worker
+        self._watch_window()
         self.worker.yielded.connect(self._yielded)
         self.worker.returned.connect(self._returned)
         self.worker.errored.connect(self._errored)
@@ -246,6 +262,37 @@ class RunPanel(QWidget):
         self._t0 = time.perf_counter()
         self.worker.start()
         return True
+
+    def _watch_window(self) -> None:
+        """Cancel the run when the window holding this panel closes (napari quitting)."""
+        window = self.window()
+        if window is not None and window is not self._watched_window:
+            window.installEventFilter(self)
+            self._watched_window = window
+
+    def eventFilter(self, obj, event) -> bool:
+        from qtpy.QtCore import QEvent
+
+        if event.type() == QEvent.Type.Close and self.worker is not None:
+            self.detach()
+        return False
+
+    def detach(self) -> None:
+        """Stop the worker and cut it loose: its remaining signals must not reach widgets being deleted."""
+        worker = self.worker
+        if worker is None:
+            return
+        worker.quit()
+        for signal in (worker.yielded, worker.returned, worker.errored, worker.aborted, worker.finished):
+            try:
+                signal.disconnect()
+            except (TypeError, RuntimeError):
+                pass
+        if self._napari_progress is not None:
+            self._napari_progress.close()
+            self._napari_progress = None
+        self.worker = None
+        self._worker_ref[0] = None
 
     def cancel(self) -> None:
         if self.worker is not None:
@@ -305,6 +352,7 @@ class RunPanel(QWidget):
             self._on_aborted()
 
     def _finished(self) -> None:
+        self._worker_ref[0] = None
         if self._napari_progress is not None:
             self._napari_progress.close()
             self._napari_progress = None

@@ -187,6 +187,11 @@ class ExplainerWidget(QWidget):
 
     # --- run -----------------------------------------------------------------
     def explain(self) -> None:
+        if self.run.running:
+            from ._common import notify_info
+
+            notify_info("A run is already in progress; wait for it or press Cancel.")
+            return
         try:
             job = self.collect_inputs()
         except ValueError as exc:
@@ -244,10 +249,15 @@ class ExplainerWidget(QWidget):
         return out
 
     def _show(self, layer, axis, k, heat) -> None:
+        """Write one slice of a heatmap layer with a single redraw (limits move only when they change much)."""
         data = layer.data
         put_slice(data, axis, k, np.nan_to_num(heat).astype(np.float32))
-        layer.contrast_limits = display_limits(data)
-        layer.refresh()
+        lo, hi = display_limits(data)
+        old = layer.contrast_limits[1]
+        if abs(hi - old) > 0.05 * max(abs(old), 1e-12):
+            layer.contrast_limits = (lo, hi)  # refreshes the layer
+        else:
+            layer.refresh()
 
     def _finish(self, job, layers, results) -> None:
         run_id = uuid.uuid4().hex[:8]

@@ -39,6 +39,7 @@ def _add_demo(sub):
 def _add_models(sub):
     p = sub.add_parser("models", help="list the models available offline")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--card", action="store_true", help="print the shipped models' model card (markdown)")
     p.set_defaults(func=cmd_models)
 
 
@@ -110,8 +111,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import list_models
+    from .models import DEFAULT_LOCALIZER, DEFAULT_SEGMENTER, list_models
 
+    if args.card:
+        from .models.card import read_card, render_model_card
+
+        print(render_model_card(read_card(DEFAULT_SEGMENTER), read_card(DEFAULT_LOCALIZER)))
+        return 0
     rows = list_models()
     if args.json:
         print(json.dumps(rows, indent=2))

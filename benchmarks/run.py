@@ -323,7 +323,6 @@ def machine() -> str:
 
 
 def main(argv=None) -> int:
-    import torch
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))

@@ -26,7 +26,7 @@ def main() -> int:
     keep_triton_out()
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(title="napari-xaiclip")
-    layer = gui.open_volume(viewer)
+    gui.open_volume(viewer)
     w = gui.dock_widgets(viewer)
     viewer.window._qt_window.resize(1700, 1060)
     viewer.window._qt_window.showNormal()

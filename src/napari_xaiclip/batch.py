@@ -289,7 +289,7 @@ def run_case_task(case: Case, case_dir: str, run_id: str, torch_threads: int | N
     t0 = time.perf_counter()
     try:
         records = run_case(case, d)
-    except Exception as exc:  # recorded in error.txt and summary.csv, reported by run_batch
+    except Exception as exc:  # noqa: BLE001 - recorded in error.txt and summary.csv, reported by run_batch
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         _record_failure(d, message, traceback.format_exc())
         return {"case": case.name, "status": "failed", "records": [], "error": message,
@@ -312,6 +312,13 @@ class _ProgressLine:
         self.done = self.failed = 0
         self.t0 = time.perf_counter()
 
+    def start(self, n_workers: int) -> None:
+        if self.enabled:
+            end = "" if self.stream.isatty() else "\n"
+            note = "" if n_workers else " (none yet: waiting for workers to join the scheduler)"
+            print(f"[{'':<24}] 0/{self.total} cases on {n_workers} workers{note}", end=end, file=self.stream,
+                  flush=True)
+
     def update(self, result: dict) -> None:
         self.done += 1
         self.failed += result["status"] == "failed"
@@ -323,7 +330,7 @@ class _ProgressLine:
         text = (f"[{bar:<24}] {self.done}/{self.total} cases, {self.failed} failed, "
                 f"{elapsed:.0f} s elapsed, ~{left:.0f} s left")
         if self.stream.isatty():
-            print(f"\r{text}", end="" if self.done < self.total else "\n", file=self.stream, flush=True)
+            print(f"\r{text:<79}", end="" if self.done < self.total else "\n", file=self.stream, flush=True)
         else:
             note = f": {result['error']}" if result["error"] else ""
             print(f"{text} ({result['case']} {result['status']}{note})", file=self.stream, flush=True)
@@ -420,6 +427,7 @@ def run_batch(manifest, out, workers: int | None = None, scheduler: str | None =
         try:
             client, cluster, threads = _connect(workers, scheduler, retries, torch_threads)
             n_workers = len(client.scheduler_info().get("workers", {}))
+            bar.start(n_workers)
             results.update(_submit_all(client, to_run, cases_dir, run_id, threads, retries, bar))
         finally:
             if client is not None:
@@ -454,7 +462,7 @@ def _submit_all(client, rows, cases_dir: Path, run_id: str, threads, retries: in
         row = futures[fut]
         try:
             result = fut.result()
-        except Exception as exc:  # KilledWorker after repeated worker deaths, or a task that could not run
+        except Exception as exc:  # noqa: BLE001 - KilledWorker (worker deaths) or a task that could not run
             message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             _record_failure(cases_dir / row.case_id, message, "".join(traceback.format_exception(exc)))
             result = {"case": row.case_id, "status": "failed", "records": [], "error": message, "seconds": None}
@@ -502,8 +510,8 @@ def _write_outputs(out: Path, manifest, rows, results, seconds, n_workers, n_run
               **{f: _mean_sd(a[f"{f}_mean"], a[f"{f}_sd"]) for f in AGGREGATE_FIELDS}} for a in aggregates]
     lines = [
         "# xaiclip batch report", "",
-        f"Manifest: `{manifest}`; {len(rows)} cases: {counts['done']} run now, {counts['skipped']} done "
-        f"in an earlier run (skipped), {counts['failed']} failed.",
+        (f"Manifest: `{manifest}`; {len(rows)} cases: {counts['done']} run now, {counts['skipped']} done "
+         f"in an earlier run (skipped), {counts['failed']} failed."),
         f"Run time {seconds:.1f} s on {n_workers or 'no'} Dask workers"
         + (f" ({per_min} cases per minute)." if per_min else "."), "",
         "Per method and mode over every slice of every finished case (mean ± standard deviation):", "",
@@ -511,7 +519,8 @@ def _write_outputs(out: Path, manifest, rows, results, seconds, n_workers, n_run
         "Per-case outputs are in `cases/<case>/`; every row is in `summary.csv`.",
     ]
     if failures:
-        lines += ["", "## Failed cases", "", *(f"- `{c}`: {e} (see `cases/{c}/error.txt`)" for c, e in failures.items())]
+        lines += ["", "## Failed cases", "",
+                  *(f"- `{c}`: {e} (see `cases/{c}/error.txt`)" for c, e in failures.items())]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return {"cases": len(rows), **counts, "failures": failures, "records": summary_rows, "aggregates": aggregates,
             "seconds": seconds, "cases_per_minute": per_min, "workers": n_workers, "out": str(out)}

@@ -183,8 +183,8 @@ def _write_report(out: Path, records, figures, *, z, shape, seed, fast, params, 
     lines = [
         "# xaiclip demo", "",
         DEMO_MODELS_NOTE, "",
-        f"- Volume: synthetic abdominal CT phantom, {' x '.join(map(str, shape))} voxels (z, y, x), seed {seed}: "
-        "`phantom_ct.nii.gz`, labels `phantom_labels.nii.gz`",
+        (f"- Volume: synthetic abdominal CT phantom, {' x '.join(map(str, shape))} voxels (z, y, x), seed {seed}: "
+         "`phantom_ct.nii.gz`, labels `phantom_labels.nii.gz`"),
         f"- Slice: axial {z}, where the liver is largest",
         f"- Box prompt: the liver label's bounding box (x0, y0, x1, y1) = {tuple(int(v) for v in box)}",
         f"- ROI: {roi_line}, {roi_pixels} pixels (`roi.nii.gz`); segmentation in `segmentation.nii.gz`",
@@ -194,10 +194,10 @@ def _write_report(out: Path, records, figures, *, z, shape, seed, fast, params, 
         f"- Total run time: **{seconds:.1f} s**", "",
         "## Metrics", "",
         markdown_table(records, TABLE_FIELDS), "",
-        "`rho` is the ROI-guided run's share of the traditional run's perturbation units (occlusion patches, "
-        "LIME superpixels); Dice and pointing game compare the heatmap with the baseline segmentation or the "
-        "liver label; seconds include the method's forward passes only. Every column "
-        f"({', '.join(fields)}) is in `metrics.csv` and `metrics.json`.", "",
+        ("`rho` is the ROI-guided run's share of the traditional run's perturbation units (occlusion patches, "
+         "LIME superpixels); Dice and pointing game compare the heatmap with the baseline segmentation or the "
+         "liver label; seconds include the method's forward passes only. Every column "
+         f"({', '.join(fields)}) is in `metrics.csv` and `metrics.json`."), "",
         "## Figures", "",
         "Slice in the abdomen window; yellow: segmentation contour, cyan: ROI contour; heatmap in colour.", "",
     ]

@@ -200,7 +200,6 @@ def load_volume(path: str | os.PathLike) -> Volume:
     ValueError
         Missing, non-NIfTI, corrupt or unsupported files, with the reason.
     """
-    import nibabel as nib
     from nibabel import orientations as ornt
 
     path = Path(path)

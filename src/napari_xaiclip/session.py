@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import atomic_write_bytes
+from .utils import to_plain
 
 __all__ = ["SessionStore", "autosave_enabled", "session_root"]
 
@@ -43,20 +44,6 @@ def session_root() -> Path:
 def autosave_enabled() -> bool:
     """Autosave is on unless ``XAICLIP_AUTOSAVE=0``."""
     return os.environ.get("XAICLIP_AUTOSAVE", "1") not in ("0", "false", "no", "off")
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return None  # objects (nibabel headers) are not kept
 
 
 def _safe_name(name: str) -> str:
@@ -76,7 +63,7 @@ class SessionStore:
         """Write one layer (atomically); returns the file."""
         self.folder.mkdir(parents=True, exist_ok=True)
         info = {"name": name, "source": self.source, "shape": list(self.shape), "saved": time.time(),
-                **_plain(meta)}
+                **to_plain(meta)}
         buf = io.BytesIO()
         np.savez_compressed(buf, data=np.asarray(array), meta=np.frombuffer(json.dumps(info).encode(), np.uint8))
         path = self.folder / f"{_safe_name(name)}.npz"

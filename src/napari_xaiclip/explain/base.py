@@ -17,6 +17,7 @@ import torch
 
 from ..preprocess import InputGeometry, from_model_input
 from ..roi import roi_to_model
+from ..utils import to_plain
 from .targets import Target, make_target
 
 __all__ = ["Context", "Explanation", "Progress", "auto_batch_size", "build_context"]
@@ -96,22 +97,8 @@ class Explanation:
             "n_forward": int(self.n_forward), "n_patch": self.n_patch, "n_patch_full": self.n_patch_full,
             "rho": None if self.rho is None else round(float(self.rho), 6),
             "seconds": round(float(self.seconds), 4), "gflops": round(float(self.gflops), 4),
-            "params": _plain(self.params), "info": _plain(self.info),
+            "params": to_plain(self.params, 64), "info": to_plain(self.info, 64),
         }
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist() if value.size <= 64 else f"array{value.shape}"
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    return value
 
 
 def auto_batch_size(input_size: int, device) -> int:

@@ -58,7 +58,6 @@ def _sample(slices, targets, batch, mean, std, rng):
 
 
 def _loss(logits, target, k):
-    import torch
     import torch.nn.functional as F
 
     ce = F.cross_entropy(logits, target)

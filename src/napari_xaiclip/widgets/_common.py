@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import time
 import traceback
-from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
@@ -95,14 +95,13 @@ class LayerChoice(QComboBox):
             self.setCurrentIndex(idx)
 
 
-def _quit_worker(ref: list, *_) -> None:
-    """Ask a still-running worker to stop (its panel is being destroyed)."""
-    worker = ref[0]
-    if worker is not None:
-        try:
-            worker.quit()
-        except RuntimeError:  # the worker's Qt object is already gone
-            pass
+def double_spin(lo: float, hi: float, value: float, step: float = 1.0, decimals: int = 1) -> QDoubleSpinBox:
+    w = QDoubleSpinBox()
+    w.setRange(lo, hi)
+    w.setDecimals(decimals)
+    w.setSingleStep(step)
+    w.setValue(value)
+    return w
 
 
 def volume_of(layer) -> np.ndarray:
@@ -217,8 +216,6 @@ class RunPanel(QWidget):
         lay.addWidget(self.status)
         self.cancel_button.clicked.connect(self.cancel)
         self.worker = None
-        self._worker_ref: list = [None]  # outlives this widget, for the destroyed handler
-        self.destroyed.connect(partial(_quit_worker, self._worker_ref))
         self._watched_window = None
         self.min_interval = min_interval
         self._last_update = 0.0
@@ -248,7 +245,6 @@ class RunPanel(QWidget):
         self._pending = None
         preload_libraries()  # first imports of torchvision/triton must not happen in a worker thread
         self.worker = create_worker(make_generator, _ignore_errors=True)  # reported by _errored
-        self._worker_ref[0] = self.worker
         self._watch_window()
         self.worker.yielded.connect(self._yielded)
         self.worker.returned.connect(self._returned)
@@ -292,7 +288,6 @@ class RunPanel(QWidget):
             self._napari_progress.close()
             self._napari_progress = None
         self.worker = None
-        self._worker_ref[0] = None
 
     def cancel(self) -> None:
         if self.worker is not None:
@@ -352,7 +347,6 @@ class RunPanel(QWidget):
             self._on_aborted()
 
     def _finished(self) -> None:
-        self._worker_ref[0] = None
         if self._napari_progress is not None:
             self._napari_progress.close()
             self._napari_progress = None
@@ -488,3 +482,13 @@ def ensure_box_layer(viewer, image_layer):
                               edge_width=1.5, **kw)
     layer.mode = "add_rectangle"
     return layer
+
+
+def start_box_drawing(viewer, image_layer) -> None:
+    """Select the "box prompt" layer in rectangle mode, ready for the user to draw a box."""
+    if image_layer is None:
+        notify_error("open a volume first")
+        return
+    shapes = ensure_box_layer(viewer, image_layer)
+    viewer.layers.selection.active = shapes
+    shapes.mode = "add_rectangle"

@@ -10,7 +10,6 @@ import numpy as np
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QSpinBox,
@@ -21,6 +20,7 @@ from qtpy.QtWidgets import (
 from ..preprocess import CT_WINDOWS, apply_preset
 from ..slicing import slice_layer_data, take_slice
 from ._common import (
+    double_spin,
     LayerChoice,
     RunPanel,
     geometry_kwargs,
@@ -39,15 +39,6 @@ PRESET_LABELS = {**{f"ct-{k}": f"CT {k} ({lv:g}/{w:g} HU)" for k, (lv, w) in CT_
                  "mr": "MR percentile clip", "adaptive": "Adaptive (XAI-CLIP)", "none": "None (raw)"}
 
 
-def _spin(lo, hi, value, step=1.0, decimals=1):
-    w = QDoubleSpinBox()
-    w.setRange(lo, hi)
-    w.setDecimals(decimals)
-    w.setSingleStep(step)
-    w.setValue(value)
-    return w
-
-
 class PreprocessingWidget(QWidget):
     """Enhance slices for the models: preview on the current slice, apply to the whole volume."""
 
@@ -58,15 +49,15 @@ class PreprocessingWidget(QWidget):
         self.preset = QComboBox()
         for key, label in PRESET_LABELS.items():
             self.preset.addItem(label, key)
-        self.level = _spin(-2000, 4000, 40)
-        self.width = _spin(1, 8000, 400)
+        self.level = double_spin(-2000, 4000, 40)
+        self.width = double_spin(1, 8000, 400)
         self.auto_bg = QCheckBox("Otsu")
         self.auto_bg.setChecked(True)
-        self.bg_value = _spin(-5000, 1e6, 0)
+        self.bg_value = double_spin(-5000, 1e6, 0)
         self.bg_value.setEnabled(False)
-        self.p_low = _spin(0, 100, 5, 0.5)
-        self.p_high = _spin(0, 100, 95, 0.5)
-        self.clip_limit = _spin(0.1, 100, 2.0, 0.1, 2)
+        self.p_low = double_spin(0, 100, 5, 0.5)
+        self.p_high = double_spin(0, 100, 95, 0.5)
+        self.clip_limit = double_spin(0.1, 100, 2.0, 0.1, 2)
         self.tiles = QSpinBox()
         self.tiles.setRange(1, 64)
         self.tiles.setValue(8)

@@ -14,7 +14,6 @@ import numpy as np
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -30,10 +29,11 @@ from qtpy.QtWidgets import (
 from ..roi import clean_roi, roi_area, roi_bbox, roi_from_labels, roi_from_map, roi_from_threshold
 from ..slicing import put_slice, slice_layer_data, take_slice
 from ._common import (
+    double_spin,
     LayerChoice,
     RunPanel,
     box_from_shapes,
-    ensure_box_layer,
+    start_box_drawing,
     notify_error,
     replace_layer,
     roi_layer,
@@ -48,15 +48,6 @@ if TYPE_CHECKING:
     import napari
 
 SOURCES = ("prompt", "segmenter", "threshold", "labels", "draw")
-
-
-def _dspin(lo, hi, value, step=0.1, decimals=2):
-    w = QDoubleSpinBox()
-    w.setRange(lo, hi)
-    w.setDecimals(decimals)
-    w.setSingleStep(step)
-    w.setValue(value)
-    return w
 
 
 class RoiWidget(QWidget):
@@ -82,8 +73,6 @@ class RoiWidget(QWidget):
         self.tabs.addTab(self._threshold_tab(), "Threshold")
         self.tabs.addTab(self._labels_tab(), "Labels")
         self.tabs.addTab(self._draw_tab(), "Draw")
-        self.sigma = _dspin(0, 20, 2.0, 0.5, 1)
-        self.cut = _dspin(0, 1, 0.5, 0.05)
         self.margin = QSpinBox()
         self.margin.setRange(-50, 100)
         self.largest = QCheckBox("keep largest component")
@@ -124,8 +113,8 @@ class RoiWidget(QWidget):
         self.load_classes = QPushButton("List classes")
         self.load_classes.clicked.connect(self._list_classes)
         self.classes.activated.connect(self._class_chosen)
-        self.prompt_sigma = _dspin(0, 20, 2.0, 0.5, 1)
-        self.prompt_threshold = _dspin(0, 1, 0.5, 0.05)
+        self.prompt_sigma = double_spin(0, 20, 2.0, 0.5, 1)
+        self.prompt_threshold = double_spin(0, 1, 0.5, 0.05, 2)
         row = QHBoxLayout()
         row.addWidget(self.classes, 1)
         row.addWidget(self.load_classes)
@@ -154,7 +143,7 @@ class RoiWidget(QWidget):
         w = QWidget()
         self.otsu = QCheckBox("Otsu")
         self.otsu.setChecked(True)
-        self.level = _dspin(-1e5, 1e5, 100.0, 10, 1)
+        self.level = double_spin(-1e5, 1e5, 100.0, 10, 1)
         self.below = QCheckBox("keep values below instead of above")
         self.in_box = QCheckBox("only inside the drawn box")
         form = QFormLayout(w)
@@ -234,13 +223,7 @@ class RoiWidget(QWidget):
             self.prompt.setText(text)
 
     def _start_box(self):
-        layer = self.image.layer()
-        if layer is None:
-            notify_error("open a volume first")
-            return
-        shapes = ensure_box_layer(self.viewer, layer)
-        self.viewer.layers.selection.active = shapes
-        shapes.mode = "add_rectangle"
+        start_box_drawing(self.viewer, self.image.layer())
 
     def paint_by_hand(self):
         layer = self.image.layer()

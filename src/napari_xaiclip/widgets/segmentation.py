@@ -13,7 +13,7 @@ from ._common import (
     SEGMENTATION_NAME,
     LayerChoice,
     RunPanel,
-    ensure_box_layer,
+    start_box_drawing,
     find_box,
     geometry_kwargs,
     notify_error,
@@ -57,13 +57,7 @@ class SegmentationWidget(QWidget):
         self.run.run_button.clicked.connect(self.segment)
 
     def _start_box(self):
-        layer = self.image.layer()
-        if layer is None:
-            notify_error("open a volume first")
-            return
-        shapes = ensure_box_layer(self.viewer, layer)
-        self.viewer.layers.selection.active = shapes
-        shapes.mode = "add_rectangle"
+        start_box_drawing(self.viewer, self.image.layer())
 
     def segment(self) -> None:
         from ..models import load_segmenter

@@ -25,6 +25,17 @@ LONG_RUNS = {
 }
 
 
+#: Shorter runs for the responsiveness probe: enough live updates to measure, no more.
+PROBE_RUNS = {
+    "occlusion": {"patch": 16, "stride": 8},
+    "adaptive-occlusion": {"patch": 16, "stride": 8},
+    "rise": {"n_masks": 400},
+    "lime": {"n_samples": 200},
+    "ig": {"n_steps": 16, "nt_samples": 4},
+    "causal": {"n_fillers": 10},
+}
+
+
 @pytest.fixture
 def scene(make_napari_viewer):
     from napari_xaiclip.widgets import ExplainerWidget, MetricsWidget, SlicePickerWidget
@@ -136,11 +147,7 @@ def test_event_loop_probe_for_every_method(scene, qtbot, method):
     from qtpy.QtCore import QTimer
 
     _, widget, _ = scene
-    _configure(widget, method)
-    if method == "rise":
-        widget.params.set_value("n_masks", 600)
-    if method == "ig":
-        widget.params.set_value("nt_samples", 4)
+    _configure(widget, method, **PROBE_RUNS.get(method, {}))
     ticks = []
     timer = QTimer()
     timer.setInterval(10)

@@ -18,8 +18,10 @@ behaviour (see docs/reliability.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -497,21 +499,28 @@ def _run_python(code: str, timeout: float = 120.0, **kwargs) -> subprocess.Compl
                                         "MAX_VOXELS asks for 16 GB")
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_truncated_file_with_a_big_header_is_refused_without_allocating_the_claim(tmp_path, suffix):
+    # peak RSS from /proc (VmHWM, reset through clear_refs): ru_maxrss of a child starts at its
+    # parent's RSS on Linux, so it cannot see a 500 MB peak under a big pytest process
     out = _run_python(f"""
-        import resource, numpy as np
+        import numpy as np
         from pathlib import Path
         from bad_files import header_only_nifti
         from napari_xaiclip.io import load_volume
+
+        def hwm():
+            return [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0] / 1024
+
         p = header_only_nifti(Path({str(tmp_path)!r}) / "big{suffix}", (1000, 1000, 500), dtype=np.uint8)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        open("/proc/self/clear_refs", "w").write("5")
+        before = hwm()
         try:
             load_volume(p)
         except ValueError as exc:
-            print("refused:", str(exc).splitlines()[0])
-        print("growth_mb", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+            print("refused:", " ".join(str(exc).split()))
+        print("growth_mb", hwm() - before)
         """)
     assert out.returncode == 0, out.stderr
-    assert "refused:" in out.stdout and "truncated" in out.stdout
+    assert "refused:" in out.stdout and "truncated" in out.stdout, out.stdout
     growth = float(out.stdout.split("growth_mb")[1])
     assert growth < 64, f"peak RSS grew by {growth:.0f} MB to refuse a {os.path.getsize(tmp_path / f'big{suffix}')}-byte file"
 
@@ -535,7 +544,13 @@ def _tree(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-@pytest.mark.parametrize("bad", REFUSED, indirect=True)
+_CLI_DIRECTORY_BUG = pytest.mark.xfail(strict=True, reason="BUG jobs.prepare_case: `xaiclip explain x.nii` on a "
+                                      "directory says 'x.nii: no such file' (is_file() check) instead of "
+                                      "load_volume's 'is a directory, expected a NIfTI file'")
+
+
+@pytest.mark.parametrize("bad", [pytest.param(n, marks=_CLI_DIRECTORY_BUG) if n == "directory" else n
+                                 for n in REFUSED], indirect=True)
 def test_cli_refuses_bad_file_with_one_error_line_and_no_output(bad, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -612,45 +627,41 @@ def test_cli_failing_mid_run_leaves_no_partial_file(tmp_path, capsys, factory, s
 # --------------------------------------------------------------------------- save_volume, read-only folder
 
 
-def _unprivileged() -> dict:
-    """subprocess kwargs that drop root to nobody, so that folder permissions apply."""
+@contextlib.contextmanager
+def _unprivileged():
+    """Run the block as user nobody when the tests run as root (root ignores folder permissions)."""
     if os.geteuid() != 0:
-        return {}
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
 
-    def drop():
-        os.setgid(65534)
-        os.setuid(65534)
 
-    return {"preexec_fn": drop}
-
-
-def test_save_volume_into_a_read_only_folder_raises_and_leaves_nothing(tmp_path):
-    ro = Path(tempfile.mkdtemp(prefix="xaiclip-readonly-"))  # under /tmp, traversable by an unprivileged user
+def test_save_volume_into_a_read_only_folder_raises_and_leaves_nothing():
+    ro = Path(tempfile.mkdtemp(prefix="xaiclip-readonly-"))  # under /tmp: traversable by an unprivileged user
     try:
         existing = ro / "old.nii.gz"
         save_volume(existing, np.ones((2, 3, 4), np.float32))
         before = existing.read_bytes()
         ro.chmod(0o555)
-        out = _run_python(f"""
-            import numpy as np
-            from napari_xaiclip.io import save_volume
+        refused = []
+        with _unprivileged():
             for name in ("new.nii.gz", "old.nii.gz", "sub/new.nii"):
                 try:
-                    save_volume({str(ro)!r} + "/" + name, np.zeros((2, 3, 4), np.float32))
-                except OSError as exc:
-                    print(name, "refused:", type(exc).__name__)
-                else:
-                    print(name, "WRITTEN")
-            """, cwd="/tmp", **_unprivileged())
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.count("refused: PermissionError") == 3, out.stdout
+                    save_volume(ro / name, np.zeros((2, 3, 4), np.float32))
+                except PermissionError:
+                    refused.append(name)
+        assert refused == ["new.nii.gz", "old.nii.gz", "sub/new.nii"]
         assert sorted(os.listdir(ro)) == ["old.nii.gz"]  # no temporary file, no sub-folder
         assert existing.read_bytes() == before
     finally:
         ro.chmod(0o755)
-        for p in ro.iterdir():
-            p.unlink()
-        ro.rmdir()
+        shutil.rmtree(ro)
 
 
 # --------------------------------------------------------------------------- bad files: napari

@@ -98,13 +98,19 @@ def organ_value(organ: str, label_names: dict) -> int:
 
 def prepare_case(case: Case) -> PreparedCase:
     """Load and check everything a job needs; raises ValueError before any output is written."""
-    from .explain import METHODS
+    from .explain import METHODS, method_defaults
 
     for m in case.methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
     if not case.methods:
         raise ValueError("no method given")
+    for m, given in case.params.items():
+        if m not in case.methods:
+            raise ValueError(f"parameters given for {m!r}, which is not among the methods {case.methods}")
+        unknown = set(given) - set(method_defaults(m))
+        if unknown:
+            raise ValueError(f"unknown parameters for {m}: {sorted(unknown)}; known: {sorted(method_defaults(m))}")
     modes = expand_modes(case.modes)
     if case.preprocess not in PRESETS:
         raise ValueError(f"unknown preprocessing {case.preprocess!r}; choose from {', '.join(PRESETS)}")

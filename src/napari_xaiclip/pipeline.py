@@ -79,8 +79,7 @@ def localize(localizer, slice2d: np.ndarray, prompt: str, sigma: float = 2.0, th
 
 def _record(ex: Explanation, metrics: dict) -> dict:
     s = ex.summary()
-    rec = {k: s.get(k) for k in METRIC_FIELDS if k in s}
-    rec.update({k: metrics.get(k) for k in METRIC_FIELDS if k in metrics})
+    rec = {k: metrics.get(k, s.get(k)) for k in METRIC_FIELDS}  # every contract column, None when not measured
     for k, v in metrics.items():
         if k not in rec and not k.endswith("_curve"):
             rec[k] = v

@@ -1,0 +1,205 @@
+"""The ``xaiclip batch`` manifest: a CSV file with one explanation job per row.
+
+Columns (:data:`MANIFEST_COLUMNS`; only ``volume`` is required): case, volume,
+labels, organ, box ("x0 y0 x1 y1"), slices ("N" or "A:B"), axis, prompt, roi,
+methods, modes, model, localizer, seed, params ("rise.n_masks=500;..."),
+preprocess, curves, box_margin, roi_margin. Relative paths resolve against
+the manifest's folder. Errors in the manifest itself raise
+:class:`ManifestError`; problems with one case's data are kept on its row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .io import is_nifti_path
+from .jobs import Case, organ_value, parse_slices
+from .pipeline import expand_modes
+
+__all__ = ["MANIFEST_COLUMNS", "BatchRow", "ManifestError", "read_manifest"]
+
+#: Manifest columns (``volume`` required; the last four are extensions of the issue's list).
+MANIFEST_COLUMNS = ("case", "volume", "labels", "organ", "box", "slices", "axis", "prompt", "roi", "methods",
+                    "modes", "model", "localizer", "seed", "params", "preprocess", "curves", "box_margin",
+                    "roi_margin")
+_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used at all (exit status 2, nothing written)."""
+
+
+@dataclass
+class BatchRow:
+    """One manifest row: its line number, case id, the job, and an error found before running."""
+
+    line: int
+    case_id: str
+    case: Case
+    error: str | None = None
+
+
+# --- manifest --------------------------------------------------------------
+def _split(text: str) -> list[str]:
+    return [t for t in re.split(r"[;,\s]+", text.strip()) if t]
+
+
+def _resolve(base: Path, text: str) -> str:
+    p = Path(text).expanduser()
+    return os.path.abspath(p if p.is_absolute() else base / p)
+
+
+def _parse_row(values: dict, base: Path) -> tuple[str | None, Case]:
+    """Case from a row's non-empty values; ValueError names the column."""
+    from .cli_explain import parse_params
+    from .explain import METHODS, method_defaults
+    from .preprocess import PRESETS
+
+    def choice(col, allowed, default):
+        v = values.get(col, default)
+        if v not in allowed:
+            raise ValueError(f"{col} {v!r} is not one of {', '.join(allowed)}")
+        return v
+
+    def integer(col, default):
+        try:
+            return int(values.get(col, default))
+        except ValueError:
+            raise ValueError(f"{col} must be an integer, got {values[col]!r}") from None
+
+    if "volume" not in values:
+        raise ValueError("volume is empty")
+    kw: dict = {"volume": _resolve(base, values["volume"])}
+    if "labels" in values:
+        kw["labels"] = _resolve(base, values["labels"])
+    for col in ("organ", "prompt", "model", "localizer"):
+        if col in values:
+            kw[col] = values[col]
+    if "box" in values:
+        try:
+            box = tuple(float(v) for v in _split(values["box"]))
+        except ValueError:
+            box = ()
+        if len(box) != 4:
+            raise ValueError(f"box must be four numbers 'X0 Y0 X1 Y1', got {values['box']!r}")
+        kw["box"] = box
+    if "slices" in values:
+        kw["slices"] = parse_slices(values["slices"])
+    kw["axis"] = int(choice("axis", ("0", "1", "2"), "0"))
+    kw["roi"] = choice("roi", ("localizer", "labels", "none"), "localizer")
+    kw["preprocess"] = choice("preprocess", tuple(PRESETS), "none")
+    kw["curves"] = choice("curves", ("yes", "no", "true", "false", "1", "0"), "yes") in ("yes", "true", "1")
+    kw["seed"] = integer("seed", 0)
+    kw["box_margin"] = integer("box_margin", 0)
+    kw["roi_margin"] = integer("roi_margin", 0)
+    if "methods" in values:
+        kw["methods"] = _split(values["methods"])
+        for m in kw["methods"]:
+            if m not in METHODS:
+                raise ValueError(f"methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
+    if "modes" in values:
+        kw["modes"] = expand_modes(_split(values["modes"]))
+    if "params" in values:
+        params = parse_params(_split(values["params"]))
+        for m, p in params.items():
+            if m not in METHODS:
+                raise ValueError(f"params: unknown method {m!r} in {values['params']!r}")
+            unknown = sorted(set(p) - set(method_defaults(m)))
+            if unknown:
+                raise ValueError(f"params: unknown parameters for {m}: {unknown}; known: {sorted(method_defaults(m))}")
+        kw["params"] = params
+    case_id = values.get("case")
+    if case_id is not None and not _CASE_ID.match(case_id):
+        raise ValueError(f"case id {case_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+    return case_id, Case(**kw)
+
+
+def _default_id(volume: str) -> str:
+    name = Path(volume).name
+    stem = re.sub(r"\.(nii|nii\.gz)$", "", name, flags=re.IGNORECASE)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip("._") or "case"
+
+
+def read_manifest(path) -> list[BatchRow]:
+    """Parse and check a manifest; paths resolve against its folder.
+
+    Lines starting with ``#`` and blank lines are skipped. Cell values are
+    stripped; empty cells take the :class:`~napari_xaiclip.jobs.Case` defaults.
+
+    Raises
+    ------
+    ManifestError
+        Missing, unreadable or empty file, no ``volume`` column, unknown
+        columns, a value that does not parse (naming the line and column) or
+        two rows with the same case id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest file" if not path.exists() else f"{path}: is not a file")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not a CSV text file (it is not UTF-8 text)") from None
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise ManifestError(f"{path}: empty manifest; expected a header line such as 'case,volume,labels,organ'")
+    try:
+        parsed = list(csv.reader(io.StringIO("\n".join(line for _, line in lines))))
+    except csv.Error as exc:
+        raise ManifestError(f"{path}: not a valid CSV file ({exc})") from None
+    header = [h.strip().lower() for h in parsed[0]]
+    if "volume" not in header:
+        raise ManifestError(f"{path}: no 'volume' column in the header {parsed[0]}; is this a CSV manifest?")
+    unknown = [h for h in header if h not in MANIFEST_COLUMNS]
+    if unknown:
+        raise ManifestError(f"{path}: unknown column(s) {unknown}; known: {', '.join(MANIFEST_COLUMNS)}")
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise ManifestError(f"{path}: column(s) {dup} appear more than once")
+    if len(parsed) == 1:
+        raise ManifestError(f"{path}: the manifest has a header but no cases")
+    rows, seen = [], {}
+    for (line, _), cells in zip(lines[1:], parsed[1:]):
+        where = f"{path} line {line}"
+        if len(cells) > len(header):
+            raise ManifestError(f"{where}: {len(cells)} values for {len(header)} columns")
+        values = {h: c.strip() for h, c in zip(header, cells) if c.strip()}
+        try:
+            case_id, case = _parse_row(values, path.resolve().parent)
+        except ValueError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
+        case_id = case_id or _default_id(case.volume)
+        if case_id in seen:
+            raise ManifestError(f"{where}: case id {case_id!r} is already used on line {seen[case_id]}; "
+                                "add a 'case' column with unique ids")
+        seen[case_id] = line
+        case.name = case_id
+        rows.append(BatchRow(line, case_id, case, _precheck(case)))
+    return rows
+
+
+def _precheck(case: Case) -> str | None:
+    """Problems found without reading voxels (the rest surfaces in the task)."""
+    from .phantom import ORGAN_NAMES
+
+    for what, p in (("volume", case.volume), ("labels", case.labels)):
+        if p is not None and not Path(p).is_file():
+            return f"{what} {p}: no such file"
+        if p is not None and not is_nifti_path(p):
+            return f"{what} {p}: not a NIfTI file (expected .nii or .nii.gz)"
+    if (case.labels is None) != (case.organ is None):
+        return "labels and organ go together: give both or neither"
+    if case.organ is not None:
+        try:
+            organ_value(case.organ, ORGAN_NAMES)
+        except ValueError as exc:
+            return str(exc)
+    if case.box is None and case.labels is None:
+        return "give a box or labels with an organ"
+    return None

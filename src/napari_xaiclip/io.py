@@ -156,8 +156,12 @@ def _reduce_to_3d(img, path: Path) -> tuple:
         raise ValueError(f"{path}: empty image dimension in shape {shape}")
     if float(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
         raise ValueError(f"{path}: header claims {shape} voxels, more than this tool reads")
-    if img.header.get_data_dtype().names is not None:
+    dtype = img.header.get_data_dtype()
+    if dtype.names is not None:
         raise ValueError(f"{path}: RGB/structured voxels are not supported; convert to a grey-level scan")
+    if dtype.kind == "c":
+        raise ValueError(f"{path}: complex voxels ({dtype}) are not supported; save the magnitude image")
+    _check_size(img, path, shape, dtype)
     core = shape[:3]
     extra = shape[3:]
     while extra and extra[-1] == 1:
@@ -173,6 +177,27 @@ def _reduce_to_3d(img, path: Path) -> tuple:
         f"{path}: {len(shape)}D image of shape {shape}; expected a 3D volume "
         f"(or 4D along time), the extra axes {extra} are not time"
     )
+
+
+def _check_size(img, path: Path, shape: tuple, dtype) -> None:
+    """Refuse a file too short for the voxels its header claims, before anything is allocated."""
+    import struct
+
+    claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize + int(img.header.get_data_offset())
+    size = path.stat().st_size
+    if not str(path).lower().endswith(".gz"):
+        if size < claimed:
+            raise ValueError(f"{path}: truncated: the header claims {shape} voxels ({claimed} bytes) "
+                             f"but the file has {size} bytes")
+        return
+    if claimed >= 2**32 or size < 18:
+        return  # gzip records the uncompressed size modulo 2**32 only; the read itself will tell
+    with open(path, "rb") as fh:
+        fh.seek(-4, 2)
+        isize = struct.unpack("<I", fh.read(4))[0]
+    if isize < claimed:
+        raise ValueError(f"{path}: truncated: the header claims {shape} voxels ({claimed} bytes) "
+                         f"but the compressed file holds {isize} bytes")
 
 
 def _is_time_axis(img) -> bool:

@@ -118,6 +118,8 @@ def prepare_case(case: Case) -> PreparedCase:
         raise ValueError(f"--roi must be localizer, labels or none, got {case.roi!r}")
     if "roi" in modes and case.roi == "none":
         raise ValueError("ROI-guided mode needs an ROI: use --roi localizer (with --prompt) or --roi labels")
+    if Path(case.volume).is_dir():
+        raise ValueError(f"{case.volume}: is a directory, expected a NIfTI file")
     if not Path(case.volume).is_file():
         raise ValueError(f"{case.volume}: no such file")
     vol = load_volume(case.volume)

@@ -51,6 +51,8 @@ def _finite(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
         raise ValueError(f"expected a 2D slice, got shape {img.shape}")
+    if img.size == 0:
+        raise ValueError(f"empty slice of shape {img.shape}")
     ok = np.isfinite(img)
     if ok.all():
         return _clip_huge(img)

@@ -61,6 +61,16 @@ def _disk(r: int) -> np.ndarray:
     return x * x + y * y <= r * r
 
 
+def _finite_map(score: np.ndarray) -> np.ndarray:
+    """float64 map with NaN as 0, +Inf as the largest finite value, -Inf as the smallest, |values| <= 1e300."""
+    s = np.asarray(score, np.float64)
+    finite = np.isfinite(s)
+    hi = float(s[finite].max()) if finite.any() else 1.0
+    lo = float(s[finite].min()) if finite.any() else 0.0
+    out = np.where(np.isposinf(s), hi, np.where(np.isneginf(s), lo, np.nan_to_num(s, nan=0.0)))
+    return np.clip(out, -1e300, 1e300)  # keeps max - min finite
+
+
 def roi_from_map(score: np.ndarray, sigma: float = 2.0, threshold: float = 0.5,
                  normalize: str = "auto", largest_component: bool = False,
                  fill_holes: bool = False, margin: int = 0) -> np.ndarray:
@@ -69,7 +79,7 @@ def roi_from_map(score: np.ndarray, sigma: float = 2.0, threshold: float = 0.5,
     Parameters
     ----------
     score : (H, W) ndarray
-        Localizer output. NaN counts as 0.
+        Localizer output. NaN counts as 0, +Inf as the map's maximum, -Inf as its minimum.
     sigma : float
         Gaussian smoothing in pixels before thresholding. Default: 2.0.
     threshold : float
@@ -83,7 +93,7 @@ def roi_from_map(score: np.ndarray, sigma: float = 2.0, threshold: float = 0.5,
     -------
     (H, W) bool ndarray; all False for a map with no signal.
     """
-    s = np.nan_to_num(_check_2d(score, "score map").astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+    s = _finite_map(_check_2d(score, "score map"))
     if normalize not in ("auto", "minmax", "none"):
         raise ValueError(f"normalize must be 'auto', 'minmax' or 'none', got {normalize!r}")
     in_unit = s.min() >= 0.0 and s.max() <= 1.0

@@ -218,11 +218,11 @@ def _check_box(box, shape):
     if b.size != 4 or not np.all(np.isfinite(b)):
         raise ValueError(f"box must be 4 finite numbers (x0, y0, x1, y1), got {box}")
     h, w = shape
-    x0, y0, x1, y1 = b
+    x0, y0, x1, y1 = (float(v) for v in b)
     if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"box must have x1 > x0 and y1 > y0, got {tuple(b)}")
+        raise ValueError(f"box must have x1 > x0 and y1 > y0, got {(x0, y0, x1, y1)}")
     if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
-        raise ValueError(f"box {tuple(b)} lies outside the {h}x{w} slice")
+        raise ValueError(f"box {(x0, y0, x1, y1)} lies outside the {h}x{w} slice")
     return np.array([max(0, x0), max(0, y0), min(w, x1), min(h, y1)])
 
 

@@ -124,7 +124,7 @@ def clip_input(slice2d: np.ndarray, bundle_or_size, mean=OPENAI_MEAN, std=OPENAI
         raise ValueError(f"expected a 2D slice, got shape {img.shape}")
     resized, geometry = to_model_input(img, size)
     lo, hi = float(resized.min()), float(resized.max())
-    unit = (resized - lo) / max(hi - lo, 1e-8)
+    unit = ((resized.astype(np.float64) - lo) / max(hi - lo, 1e-8)).astype(np.float32)
     x = (unit[None] - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
     return x.astype(np.float32), geometry
 

@@ -59,12 +59,12 @@ class ModuleSegmenter(Segmenter):
         self._gflops = None
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
-        img = image.astype(np.float32)
+        img = image.astype(np.float64)  # float32 max - min can overflow
         if self.norm == "minmax":
             img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
         elif self.norm == "zscore":
             img = (img - img.mean()) / max(float(img.std()), 1e-8)
-        return np.repeat(img[None], self.in_channels, axis=0)
+        return np.repeat(img.astype(np.float32)[None], self.in_channels, axis=0)
 
     def _encode(self, prompt: Prompt):
         import torch

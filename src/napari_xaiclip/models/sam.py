@@ -196,9 +196,9 @@ class SamSegmenter(Segmenter):
         self._gflops = None
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
-        img = image.astype(np.float32)
+        img = image.astype(np.float64)  # float32 max - min can overflow
         lo, hi = float(img.min()), float(img.max())
-        unit = (img - lo) / max(hi - lo, 1e-8)
+        unit = ((img - lo) / max(hi - lo, 1e-8)).astype(np.float32)
         if self.mode == "medsam":
             return np.repeat(unit[None], 3, axis=0)
         mean = np.array([123.675, 116.28, 103.53], np.float32)[:, None, None]

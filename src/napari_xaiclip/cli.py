@@ -54,6 +54,7 @@ def _add_train_segmenter(sub):
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--init", help="continue from a model saved by train-segmenter (fine-tuning)")
     p.set_defaults(func=cmd_train_segmenter)
 
 
@@ -158,8 +159,10 @@ def cmd_train_segmenter(args) -> int:
 
     out = _check_out(args.out)
     cases = _pairs(args)
+    if args.init and not Path(args.init).is_file():
+        raise UsageError(f"--init {args.init}: no such file")
     train_segmenter(out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, cases=cases,
-                    threads=args.threads, eval_seeds=() if cases is not None else (900, 901))
+                    threads=args.threads, eval_seeds=() if cases is not None else (900, 901), init=args.init)
     print(f"wrote {out}")
     return 0
 

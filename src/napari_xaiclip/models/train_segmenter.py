@@ -77,11 +77,13 @@ def save_sam_weights(path, sam, config: dict, mode: str, card: dict) -> None:
 
 def train_segmenter(out: str | Path, steps: int = 3000, batch: int = 16, lr: float = 6e-4,
                     seed: int = 0, seeds=TRAIN_SEEDS, modalities=("ct", "mr"), cases=None,
-                    threads: int | None = None, eval_seeds=EVAL_SEEDS, log=print) -> dict:
+                    threads: int | None = None, eval_seeds=EVAL_SEEDS, init: str | Path | None = None,
+                    log=print) -> dict:
     """Train a tiny SAM and write it to ``out`` with its model card; returns the card.
 
     ``cases`` (an iterable as from :func:`~napari_xaiclip.models.data.nifti_volumes`)
-    replaces the phantom seeds when given.
+    replaces the phantom seeds when given. ``init`` continues from a model saved
+    by this function (fine-tuning; its training record is kept in the card).
     """
     import torch
     import torch.nn.functional as F
@@ -98,6 +100,12 @@ def train_segmenter(out: str | Path, steps: int = 3000, batch: int = 16, lr: flo
     items = _organ_items(slices, min_pixels=30)
     log(f"{len(slices)} slices, {len(items)} organ prompts ({time.time() - t0:.0f} s to prepare)")
     sam = build_sam(**TINY_CONFIG)
+    previous = None
+    if init is not None:
+        obj = torch.load(str(init), map_location="cpu", weights_only=True)
+        sam.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in obj["state_dict"].items()})
+        previous = obj.get("card", {}).get("training")
+        log(f"continuing from {init}")
     sam.train()
     opt = torch.optim.AdamW(sam.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 30)
@@ -135,7 +143,7 @@ def train_segmenter(out: str | Path, steps: int = 3000, batch: int = 16, lr: flo
                      "seeds": list(seeds) if cases is None else None, "modalities": list(modalities),
                      "slices": len(slices), "organ_prompts": len(items), "steps": steps, "batch": batch,
                      "lr": lr, "seed": seed, "seconds": round(train_seconds, 1),
-                     "torch_threads": torch.get_num_threads()},
+                     "torch_threads": torch.get_num_threads(), "previous": previous},
         "heldout": {"seeds": list(eval_seeds), "dice": scores,
                     "protocol": "mean Dice over slices where the organ has >= 200 px, box = ground-truth bounding box, raw slice"},
         "gflops_per_forward": round(seg.gflops, 4),

@@ -27,6 +27,27 @@ def _score_table(scores: dict, organs) -> list[str]:
     return rows
 
 
+def _segmenter_training(st: dict) -> list[str]:
+    """Training lines, the first stage first when the model was fine-tuned (``--init``)."""
+    stages = []
+    while st:
+        stages.append(st)
+        st = st.get("previous") or {}
+    stages.reverse()
+    lines = []
+    for i, stage in enumerate(stages):
+        init = " --init tiny_sam_stage1.pt" if i else ""
+        name = "tiny_sam.pt" if i == len(stages) - 1 else f"tiny_sam_stage{i + 1}.pt"
+        lines.append(
+            f"- Training{' (stage ' + str(i + 1) + ')' if len(stages) > 1 else ''}: `xaiclip train-segmenter "
+            f"--out {name}{init} --steps {stage.get('steps')} --batch {stage.get('batch')} --lr {stage.get('lr')} "
+            f"--seed {stage.get('seed')} --threads {stage.get('torch_threads')}`; "
+            f"{stage.get('seconds', 0) / 60:.0f} minutes on {stage.get('torch_threads')} CPU threads.")
+    lines.append("- Loss Dice + BCE; AdamW with warm-up and cosine decay; augmentation: intensity (gamma, "
+                 "contrast, noise), box jitter (10 % + 4 px), flips.")
+    return lines
+
+
 def render_model_card(segmenter_card: dict, localizer_card: dict) -> str:
     """Markdown for MODEL_CARD.md from the two stored cards."""
     s, lc = segmenter_card, localizer_card
@@ -51,11 +72,7 @@ def render_model_card(segmenter_card: dict, localizer_card: dict) -> str:
         f"- Training data: phantom CT and MR, seeds {st.get('seeds')}, {st.get('slices')} axial slices, "
         f"{st.get('organ_prompts')} organ prompts (every labelled organ), slices presented raw, windowed or "
         "enhanced.",
-        f"- Training: `xaiclip train-segmenter --out tiny_sam.pt --steps {st.get('steps')} --batch {st.get('batch')} "
-        f"--lr {st.get('lr')} --seed {st.get('seed')} --threads {st.get('torch_threads')}`; Dice + BCE loss; AdamW "
-        "with warm-up and cosine decay; augmentation: intensity (gamma, contrast, noise), box jitter "
-        f"(10 % + 4 px), flips. {st.get('seconds', 0) / 60:.0f} minutes on "
-        f"{st.get('torch_threads')} CPU threads.",
+        *_segmenter_training(st),
         f"- Held-out evaluation (phantom seeds {s.get('heldout', {}).get('seeds')}, never used in training): "
         f"{s.get('heldout', {}).get('protocol')}.",
         "",

@@ -283,26 +283,35 @@ def section_randomisation(ctx):
 
 def section_companions(ctx):
     """ExplainSeg variants (Dice/IoU vs ground truth) and causal vs SegX vs occlusion on the same slices."""
-    try:
-        import bench_companions
-    except ImportError:
-        return []
+    import bench_companions
+
     return bench_companions.run(ctx)
 
 
 def section_batch(ctx):
-    try:
-        import bench_batch
-    except ImportError:
-        return []
-    md, raw = bench_batch.run(quick=ctx["quick"])
-    ctx["results"]["batch"] = raw
-    return md
+    """Cases per minute with 1 and 2 Dask workers (benchmarks/bench_batch.py)."""
+    import bench_batch
+
+    lines = bench_batch.run(n_cases=4 if ctx["quick"] else 6, repeat=1 if ctx["quick"] else 2)
+    ctx["results"]["batch"] = lines
+    return lines
+
+
+def section_memory(ctx):
+    """Memory of a 512 x 512 x 400 volume and of long sessions (benchmarks/bench_memory.py)."""
+    import bench_memory
+
+    n_loop, n_pipe = (20, 10) if ctx["quick"] else (100, 30)
+    results = {"volume": bench_memory.measure_volume(None), "loop": bench_memory.measure_loop(n_loop),
+               "pipeline": bench_memory.measure_pipeline(n_pipe)}
+    ctx["results"]["memory"] = results
+    return ["## Memory", "", bench_memory.markdown(results), ""]
 
 
 SECTIONS = {"models": section_models, "table3": section_table3, "engine": section_engine,
             "adaptive": section_adaptive, "rise_memory": section_rise_memory,
-            "randomisation": section_randomisation, "companions": section_companions, "batch": section_batch}
+            "randomisation": section_randomisation, "companions": section_companions, "batch": section_batch,
+            "memory": section_memory}
 
 
 def machine() -> str:

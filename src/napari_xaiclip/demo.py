@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_explain import TerminalProgress
 from .io import atomic_write_text, load_volume, save_volume
 from .phantom import make_phantom
 from .slicing import check_slice
@@ -49,19 +50,6 @@ DEMO_MODELS_NOTE = ("The models are **phantom-trained demo models**: a tiny SAM 
                     "localizer trained by this project's own training commands on its synthetic phantom. They "
                     "show the pipeline end to end; their heatmaps and numbers say nothing about real scans or "
                     "about MedSAM, SAM or your own network.")
-
-
-class _JobLines:
-    """Prints one line when an explanation job starts."""
-
-    def __init__(self, stream):
-        self.stream, self.last, self.t0 = stream, None, time.perf_counter()
-
-    def __call__(self, text: str, done: int, total: int) -> None:
-        if text != self.last:
-            self.last = text
-            print(f"[{done + 1}/{total}] {text} (started at {time.perf_counter() - self.t0:.0f} s)",
-                  file=self.stream, flush=True)
 
 
 def _merge(*dicts) -> dict:
@@ -134,7 +122,7 @@ def run_demo(out: Path, slice_index: int | None = None, fast: bool = False, seed
     case = Case(volume=str(ct), slices=[z], labels=str(lab), organ=ORGAN, roi=roi_source, prompt=PROMPT,
                 methods=list(METHODS), modes=("traditional", "roi"), seed=seed, params=params, curves=curves,
                 name="phantom")
-    records = run_case(case, out, on_progress=_JobLines(stream), segmenter=seg, localizer=loc)
+    records = run_case(case, out, on_progress=TerminalProgress(stream), segmenter=seg, localizer=loc)
     print(format_table(records, TABLE_FIELDS), file=stream, flush=True)
 
     figures = _comparison_figures(out, image, z, records, vol.spacing[1:])

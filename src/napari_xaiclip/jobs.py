@@ -106,8 +106,8 @@ def prepare_case(case: Case) -> PreparedCase:
     if not case.methods:
         raise ValueError("no method given")
     for m, given in case.params.items():
-        if m not in case.methods:
-            raise ValueError(f"parameters given for {m!r}, which is not among the methods {case.methods}")
+        if m not in METHODS:
+            raise ValueError(f"parameters given for an unknown method {m!r}; methods: {', '.join(METHODS)}")
         unknown = set(given) - set(method_defaults(m))
         if unknown:
             raise ValueError(f"unknown parameters for {m}: {sorted(unknown)}; known: {sorted(method_defaults(m))}")

@@ -51,6 +51,7 @@ class TerminalProgress:
 
     def __init__(self, stream=None, interval: float = 0.5):
         self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval = interval
         self.last = (None, 0.0)
         self.t0 = time.perf_counter()
@@ -61,14 +62,14 @@ class TerminalProgress:
             return
         self.last = (text, now)
         line = f"[{done + 1}/{total}] {text} ({now - self.t0:.0f} s)"
-        if self.stream.isatty():
+        if self.tty:
             print(f"\r{line:<78}", end="", file=self.stream, flush=True)
         elif text != getattr(self, "_printed", None):
             self._printed = text
             print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self.stream.isatty():
+        if self.tty:
             print(file=self.stream)
 
 

@@ -55,6 +55,8 @@ def _add_train_segmenter(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--init", help="continue from a model saved by train-segmenter (fine-tuning)")
+    p.add_argument("--seeds", default="100:116", help="phantom seeds A:B (B excluded) when no --images")
+    p.add_argument("--eval-seeds", default="900:902", help="held-out phantom seeds A:B for the model card")
     p.set_defaults(func=cmd_train_segmenter)
 
 
@@ -75,6 +77,8 @@ def _add_train_localizer(sub):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seeds", default="200:216", help="phantom seeds A:B (B excluded) when no --images")
+    p.add_argument("--eval-seeds", default="900:902", help="held-out phantom seeds A:B for the model card")
     p.set_defaults(func=cmd_train_localizer)
 
 
@@ -162,9 +166,20 @@ def cmd_train_segmenter(args) -> int:
     if args.init and not Path(args.init).is_file():
         raise UsageError(f"--init {args.init}: no such file")
     train_segmenter(out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, cases=cases,
-                    threads=args.threads, eval_seeds=() if cases is not None else (900, 901), init=args.init)
+                    threads=args.threads, seeds=_seed_range(args.seeds),
+                    eval_seeds=() if cases is not None else _seed_range(args.eval_seeds), init=args.init)
     print(f"wrote {out}")
     return 0
+
+
+def _seed_range(text: str) -> tuple[int, ...]:
+    """"100:116" -> (100, ..., 115); "7" -> (7,)."""
+    from .jobs import parse_slices
+
+    try:
+        return tuple(parse_slices(text))
+    except ValueError:
+        raise UsageError(f"seeds must be N or A:B with B > A, got {text!r}") from None
 
 
 def parse_classes(text: str | None):
@@ -200,7 +215,8 @@ def cmd_train_localizer(args) -> int:
     cases = _pairs(args)
     train_localizer(out, clip_spec=args.clip, classes=classes, label_of=label_of, cases=cases,
                     steps=args.steps, batch=args.batch, lr=args.lr,
-                    freeze_clip=False if args.unfreeze_clip else None, seed=args.seed, threads=args.threads)
+                    freeze_clip=False if args.unfreeze_clip else None, seed=args.seed, threads=args.threads,
+                    seeds=_seed_range(args.seeds), eval_seeds=_seed_range(args.eval_seeds))
     print(f"wrote {out}")
     return 0
 

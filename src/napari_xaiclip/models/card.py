@@ -36,11 +36,13 @@ def _segmenter_training(st: dict) -> list[str]:
     stages.reverse()
     lines = []
     for i, stage in enumerate(stages):
-        init = " --init tiny_sam_stage1.pt" if i else ""
+        init = f" --init tiny_sam_stage{i}.pt" if i else ""
+        seeds = stage.get("seeds") or []
+        seed_arg = f" --seeds {seeds[0]}:{seeds[-1] + 1}" if seeds else ""
         name = "tiny_sam.pt" if i == len(stages) - 1 else f"tiny_sam_stage{i + 1}.pt"
         lines.append(
             f"- Training{' (stage ' + str(i + 1) + ')' if len(stages) > 1 else ''}: `xaiclip train-segmenter "
-            f"--out {name}{init} --steps {stage.get('steps')} --batch {stage.get('batch')} --lr {stage.get('lr')} "
+            f"--out {name}{init}{seed_arg} --steps {stage.get('steps')} --batch {stage.get('batch')} --lr {stage.get('lr')} "
             f"--seed {stage.get('seed')} --threads {stage.get('torch_threads')}`; "
             f"{stage.get('seconds', 0) / 60:.0f} minutes on {stage.get('torch_threads')} CPU threads.")
     lines.append("- Loss Dice + BCE; AdamW with warm-up and cosine decay; augmentation: intensity (gamma, "

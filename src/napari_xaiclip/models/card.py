@@ -15,6 +15,13 @@ def read_card(path: str | Path) -> dict:
     return obj.get("card", {}) if isinstance(obj, dict) else {}
 
 
+def _seeds(seeds) -> str:
+    seeds = list(seeds or [])
+    if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds)) or "–"
+
+
 def _score_table(scores: dict, organs) -> list[str]:
     rows = ["| modality | " + " | ".join(organs) + " |", "|---|" + "---|" * len(organs)]
     for modality, per in scores.items():
@@ -44,7 +51,7 @@ def _segmenter_training(st: dict) -> list[str]:
             f"- Training{' (stage ' + str(i + 1) + ')' if len(stages) > 1 else ''}: `xaiclip train-segmenter "
             f"--out {name}{init}{seed_arg} --steps {stage.get('steps')} --batch {stage.get('batch')} --lr {stage.get('lr')} "
             f"--seed {stage.get('seed')} --threads {stage.get('torch_threads')}`; "
-            f"{stage.get('seconds', 0) / 60:.0f} minutes on {stage.get('torch_threads')} CPU threads.")
+            f"{stage.get('seconds', 0) / 60:.0f} minutes with {stage.get('torch_threads')} torch thread(s) on a shared 2-core CPU.")
     lines.append("- Loss Dice + BCE; AdamW with warm-up and cosine decay; augmentation: intensity (gamma, "
                  "contrast, noise), box jitter (10 % + 4 px), flips.")
     return lines
@@ -71,11 +78,11 @@ def render_model_card(segmenter_card: dict, localizer_card: dict) -> str:
         f"{s.get('parameters', 0):,} parameters; {s.get('gflops_per_forward', 0):.3f} GFLOPs per forward "
         "(torch.utils.flop_counter).",
         f"- Preprocessing: {s.get('preprocessing')}. Box prompt in slice pixels, scaled like MedSAM's.",
-        f"- Training data: phantom CT and MR, seeds {st.get('seeds')}, {st.get('slices')} axial slices, "
+        f"- Training data: phantom CT and MR, seeds {_seeds(st.get('seeds'))}, {st.get('slices')} axial slices, "
         f"{st.get('organ_prompts')} organ prompts (every labelled organ), slices presented raw, windowed or "
         "enhanced.",
         *_segmenter_training(st),
-        f"- Held-out evaluation (phantom seeds {s.get('heldout', {}).get('seeds')}, never used in training): "
+        f"- Held-out evaluation (phantom seeds {_seeds(s.get('heldout', {}).get('seeds'))}, never used in training): "
         f"{s.get('heldout', {}).get('protocol')}.",
         "",
         *_score_table(s.get("heldout", {}).get("dice", {}), organs),
@@ -87,12 +94,14 @@ def render_model_card(segmenter_card: dict, localizer_card: dict) -> str:
         f"frozen: {lc.get('clip_frozen')}); patch tokens from blocks {lc.get('layers')}; {lc.get('n_ctx')} CoOp "
         f"context vectors; decoder width {lc.get('width')}; {lc.get('parameters', 0):,} parameters.",
         f"- Classes: {', '.join(lc.get('classes', []))}.",
-        f"- Training data: phantom CT and MR, seeds {lt.get('seeds')}, {lt.get('slices')} slices.",
+        f"- Training data: phantom CT and MR, seeds {_seeds(lt.get('seeds'))}, {lt.get('slices')} slices.",
         f"- Training: `xaiclip train-localizer --out localizer.pt --clip {lc.get('clip')} --unfreeze-clip "
+        f"--seeds {(lt.get('seeds') or [200])[0]}:{(lt.get('seeds') or [215])[-1] + 1} "
         f"--steps {lt.get('steps')} --batch {lt.get('batch')} --lr {lt.get('lr')} --seed {lt.get('seed')} "
         f"--threads {lt.get('torch_threads')}`; multi-class Dice + cross-entropy; {lt.get('seconds', 0) / 60:.0f} "
         "minutes on the CPU.",
-        f"- Held-out evaluation (seeds {lc.get('heldout', {}).get('seeds')}): {lc.get('heldout', {}).get('protocol')}.",
+        f"- Held-out evaluation (seeds {_seeds(lc.get('heldout', {}).get('seeds'))}): "
+        f"{lc.get('heldout', {}).get('protocol')}.",
         "",
         "| organ | ROI Dice | slices |",
         "|---|---|---|",

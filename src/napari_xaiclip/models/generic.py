@@ -15,6 +15,7 @@ The module maps (B, C[+1], S, S) to (B, 1, S, S) or (B, S, S) logits.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,9 @@ def load_torchscript(path: str, device="auto") -> ModuleSegmenter:
         raise ValueError(f"TorchScript model {p}: no such file")
     extra = {"xaiclip.json": ""}
     try:
-        module = torch.jit.load(str(p), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():  # torch >= 2.9 flags TorchScript as deprecated; users still ship it
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(p), map_location="cpu", _extra_files=extra)
     except Exception as exc:
         raise ValueError(f"TorchScript model {p}: cannot be loaded ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:200]})") from None

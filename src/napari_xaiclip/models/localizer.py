@@ -12,6 +12,10 @@ Architecture, for K classes (Background plus organs):
   output channel per class.
 
 Trained with multi-class Dice + cross-entropy (paper eq. 9-11).
+
+CLIPs whose text tower is not open_clip's own transformer (BiomedCLIP's
+PubMedBERT, other Hugging Face text models) take fixed prompt embeddings
+(:class:`FixedPrompts`) instead of learnable context.
 """
 
 from __future__ import annotations
@@ -73,6 +77,32 @@ class PromptLearner(nn.Module):
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
 
+class FixedPrompts(nn.Module):
+    """Prompt embeddings of ``"a CT image of the {class}."`` computed once by any CLIP text tower.
+
+    Used when the text tower is not open_clip's own transformer (e.g. BiomedCLIP's
+    PubMedBERT), where learnable context cannot be injected; the MapMaker's
+    projection still learns.
+    """
+
+    def __init__(self, clip_model, tokenizer, classes):
+        super().__init__()
+        with torch.no_grad():
+            emb = clip_model.encode_text(tokenizer([f"a CT image of the {c}." for c in classes])).float()
+        self.register_buffer("embeddings", emb, persistent=False)
+
+    def forward(self, clip_model) -> torch.Tensor:
+        return self.embeddings
+
+
+def _has_open_clip_text(clip_model) -> bool:
+    try:
+        text_module(clip_model)
+        return True
+    except ValueError:
+        return False
+
+
 class RegionLocalizerNet(nn.Module):
     """CLIP + adapters + CoOp prompts + MapMaker U-Net: (B, 3, S, S) -> (B, K, S, S) logits.
 
@@ -92,7 +122,9 @@ class RegionLocalizerNet(nn.Module):
         self.layers = list(layers)
         with torch.no_grad():
             probe = patch_tokens(clip_model, torch.zeros(1, 3, *_input_hw(clip_model)), self.layers[:1])[0]
-        self.prompts = PromptLearner(clip_model, tokenizer, self.classes, n_ctx)
+        self.coop = _has_open_clip_text(clip_model)
+        self.prompts = (PromptLearner(clip_model, tokenizer, self.classes, n_ctx) if self.coop
+                        else FixedPrompts(clip_model, tokenizer, self.classes))
         self.adapters = nn.ModuleList(nn.Conv2d(probe.shape[1], width, 1) for _ in self.layers)
         self.text_proj = nn.Linear(_embed_dim(clip_model), width)
         self.logit_scale = nn.Parameter(torch.tensor(float(np.log(10.0))))
@@ -130,9 +162,13 @@ def _input_hw(model) -> tuple[int, int]:
 
 
 def _embed_dim(model) -> int:
-    tm = text_module(model)
-    proj = tm.text_projection
-    return proj.out_features if hasattr(proj, "out_features") else int(proj.shape[1])
+    """Width of the joint embedding (what encode_text returns)."""
+    with torch.no_grad():
+        return int(model.encode_text(torch.zeros(1, _context_length(model), dtype=torch.long)).shape[-1])
+
+
+def _context_length(model) -> int:
+    return int(getattr(model, "context_length", None) or getattr(getattr(model, "text", None), "context_length", 77))
 
 
 def normalize_prompt(text: str) -> str:

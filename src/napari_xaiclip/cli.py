@@ -230,7 +230,8 @@ def main(argv=None) -> int:
     except (UsageError, ValueError, FileNotFoundError) as exc:
         if args.debug:
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # the contract is one line: join a multi-line message rather than cut it
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,8 +12,8 @@ import numpy as np
 from ..phantom import ORGAN_NAMES, make_phantom
 from ..preprocess import CT_WINDOWS, enhance, mr_normalize, to_model_input, window
 
-__all__ = ["SliceSet", "augment_intensity", "collect_slices", "jitter_box", "mask_box",
-           "nifti_volumes", "phantom_volumes", "present"]
+__all__ = ["SliceSet", "augment_intensity", "collect_slices", "heldout_organ_slices", "jitter_box",
+           "mask_box", "mean_per_organ", "nifti_volumes", "phantom_volumes", "present"]
 
 
 @dataclass
@@ -116,4 +116,24 @@ def jitter_box(box: np.ndarray, size: int, rng: np.random.Generator, amount: flo
     out = np.clip(out, 0, size)
     out[2] = max(out[2], out[0] + 2)
     out[3] = max(out[3], out[1] + 2)
+    return out
+
+
+def heldout_organ_slices(seeds, modality: str, organs: dict, shape=(40, 256, 256), min_pixels: int = 200,
+                         every: int = 1):
+    """Yield ``(slice2d, organ_mask, organ_name)`` for every held-out phantom slice where the organ
+    has at least ``min_pixels`` pixels (the evaluation protocol of the model cards)."""
+    for s in seeds:
+        vol, labels, _ = make_phantom(shape=shape, modality=modality, seed=int(s))
+        for z in range(0, shape[0], every):
+            for lab, name in organs.items():
+                m = labels[z] == lab
+                if m.sum() >= min_pixels:
+                    yield vol.data[z], m, name
+
+
+def mean_per_organ(scores: dict) -> dict:
+    """``{organ: [scores]}`` -> rounded means, with the slice counts under ``"n_slices"``."""
+    out = {k: (round(float(np.mean(v)), 4) if v else None) for k, v in scores.items()}
+    out["n_slices"] = {k: len(v) for k, v in scores.items()}
     return out

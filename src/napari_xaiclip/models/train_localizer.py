@@ -16,7 +16,8 @@ import numpy as np
 
 from ..metrics import dice
 from ..phantom import ORGAN_NAMES
-from .data import SliceSet, augment_intensity, collect_slices, phantom_volumes, present
+from .data import (SliceSet, augment_intensity, collect_slices, heldout_organ_slices, mean_per_organ,
+                   phantom_volumes, present)
 
 __all__ = ["evaluate_localizer", "train_localizer"]
 
@@ -164,18 +165,9 @@ def train_localizer(out: str | Path, clip_spec: str = "xaiclip-tiny", classes=No
 def evaluate_localizer(loc, seeds=EVAL_SEEDS, modality: str = "ct", organs=EVAL_ORGANS,
                        shape=(40, 256, 256), min_pixels: int = 200, every: int = 1) -> dict:
     """Mean ROI Dice per organ: ``roi_from_map(loc.locate(slice, organ))`` against the label."""
-    from ..phantom import make_phantom
     from ..roi import roi_from_map
 
     per: dict = {name: [] for name in organs.values()}
-    for s in seeds:
-        vol, labels, _ = make_phantom(shape=shape, modality=modality, seed=int(s))
-        for z in range(0, shape[0], every):
-            for lab, name in organs.items():
-                m = labels[z] == lab
-                if m.sum() < min_pixels:
-                    continue
-                per[name].append(dice(roi_from_map(loc.locate(vol.data[z], name)), m))
-    out = {k: (round(float(np.mean(v)), 4) if v else None) for k, v in per.items()}
-    out["n_slices"] = {k: len(v) for k, v in per.items()}
-    return out
+    for slice2d, m, name in heldout_organ_slices(seeds, modality, organs, shape, min_pixels, every):
+        per[name].append(dice(roi_from_map(loc.locate(slice2d, name)), m))
+    return mean_per_organ(per)

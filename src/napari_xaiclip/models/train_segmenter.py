@@ -18,7 +18,8 @@ import numpy as np
 
 from ..io import atomic_write_bytes
 from ..metrics import dice
-from .data import SliceSet, augment_intensity, collect_slices, jitter_box, mask_box, phantom_volumes, present
+from .data import (SliceSet, augment_intensity, collect_slices, heldout_organ_slices, jitter_box, mask_box,
+                   mean_per_organ, phantom_volumes, present)
 
 __all__ = ["evaluate_segmenter", "save_sam_weights", "train_segmenter"]
 
@@ -156,20 +157,10 @@ def train_segmenter(out: str | Path, steps: int = 3000, batch: int = 16, lr: flo
 def evaluate_segmenter(seg, seeds=EVAL_SEEDS, modalities=("ct", "mr"), organs=EVAL_ORGANS,
                        shape=(40, 256, 256), min_pixels: int = 200, every: int = 1) -> dict:
     """Mean Dice per modality and organ with the ground-truth bounding box as the prompt."""
-    from ..phantom import make_phantom
-
     out: dict = {}
     for modality in modalities:
         per: dict = {name: [] for name in organs.values()}
-        for s in seeds:
-            vol, labels, _ = make_phantom(shape=shape, modality=modality, seed=int(s))
-            for z in range(0, shape[0], every):
-                for lab, name in organs.items():
-                    m = labels[z] == lab
-                    if m.sum() < min_pixels:
-                        continue
-                    probs = seg.segment(vol.data[z], box=mask_box(m))
-                    per[name].append(dice(probs > 0.5, m))
-        out[modality] = {k: (round(float(np.mean(v)), 4) if v else None) for k, v in per.items()}
-        out[modality]["n_slices"] = {k: len(v) for k, v in per.items()}
+        for slice2d, m, name in heldout_organ_slices(seeds, modality, organs, shape, min_pixels, every):
+            per[name].append(dice(seg.segment(slice2d, box=mask_box(m)) > 0.5, m))
+        out[modality] = mean_per_organ(per)
     return out

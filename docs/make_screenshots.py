@@ -141,9 +141,9 @@ def main() -> int:
         import shutil
 
         shutil.copy(figures[0], OUT / "10-saved-figure.png")
-    print("timings (s):")
+    print("| step | seconds |\n|---|---|")
     for k, v in timings.items():
-        print(f"  {k}: {v:.1f}")
+        print(f"| {k} | {v:.1f} |")
     viewer.close()
     return 0
 

@@ -78,7 +78,8 @@ def render_model_card(segmenter_card: dict, localizer_card: dict) -> str:
         f"{s.get('parameters', 0):,} parameters; {s.get('gflops_per_forward', 0):.3f} GFLOPs per forward "
         "(torch.utils.flop_counter).",
         f"- Preprocessing: {s.get('preprocessing')}. Box prompt in slice pixels, scaled like MedSAM's.",
-        f"- Training data: phantom CT and MR, seeds {_seeds(st.get('seeds'))}, {st.get('slices')} axial slices, "
+        f"- Training data{' (last stage)' if st.get('previous') else ''}: phantom CT and MR, seeds "
+        f"{_seeds(st.get('seeds'))}, {st.get('slices')} axial slices, "
         f"{st.get('organ_prompts')} organ prompts (every labelled organ), slices presented raw, windowed or "
         "enhanced.",
         *_segmenter_training(st),

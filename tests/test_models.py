@@ -211,8 +211,8 @@ def _organ_slices(labels, value, n=3):
     return order[:n]
 
 
-@pytest.mark.parametrize("organ,value,floor", [("liver", 1, 0.90), ("spleen", 3, 0.85), ("right kidney", 2, 0.80),
-                                               ("left kidney", 13, 0.80)])
+@pytest.mark.parametrize("organ,value,floor", [("liver", 1, 0.90), ("spleen", 3, 0.90), ("right kidney", 2, 0.85),
+                                               ("left kidney", 13, 0.85)])
 def test_default_segmenter_on_a_heldout_seed(heldout, organ, value, floor):
     """A quick check on the 3 largest slices of seed 900 (the model card has the full evaluation)."""
     from napari_xaiclip.metrics import dice
@@ -234,7 +234,7 @@ def test_default_localizer_roi_on_a_heldout_seed(heldout, organ, value):
     loc = load_localizer("default", device="cpu")
     scores = [dice(roi_from_map(loc.locate(vol.data[z], organ)), labels[z] == value)
               for z in _organ_slices(labels, value)]
-    assert np.mean(scores) >= 0.70, scores
+    assert np.mean(scores) >= 0.75, scores  # the localizer's target on unseen seeds
 
 
 def test_models_command_lists_the_defaults(capsys):

@@ -143,6 +143,22 @@ def test_rise_is_the_weighted_mask_sum(rise_setup, monkeypatch):
     np.testing.assert_allclose(ex.maps["relevance"], expected_rel, rtol=1e-4, atol=1e-6)
 
 
+def test_centred_rise_subtracts_the_mean_score(rise_setup, monkeypatch):
+    # center=True: sum_i (f_i - mean f) M_i / (N p1); the mask-coverage pattern drops out
+    seg, sl, w = rise_setup
+    seen = []
+    real = rise_mod.rise_masks
+    monkeypatch.setattr(rise_mod, "rise_masks", lambda n, *a, **k: seen.append(real(n, *a, **k)) or seen[-1])
+    n, p1 = 200, 0.5
+    ex = explain("rise", seg, sl, target=LinearProbTarget(w), n_masks=n, grid=5, p1=p1, normalise=False,
+                 center=True, batch_size=48)
+    masks = torch.cat(seen).double().numpy()
+    f = np.einsum("nij,ij->n", masks, (w * sl).astype(np.float64))
+    expected = np.einsum("n,nij->ij", f - f.mean(), masks) / (n * p1)
+    np.testing.assert_allclose(ex.model_heatmap, expected, rtol=1e-4, atol=1e-5)
+    assert ex.params["center"] is True
+
+
 def test_rise_masks_are_made_per_batch(rise_setup, monkeypatch):
     seg, sl, w = rise_setup
     sizes = []

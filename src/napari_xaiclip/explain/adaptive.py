@@ -1,11 +1,13 @@
 """Adaptive (coarse-to-fine) occlusion, beyond the paper.
 
 Level 0 evaluates windows ``2**levels`` times the final patch size (stride half
-the window) over the ROI or the image. At each next level the window and
-stride halve, and only the area of windows whose attribution reached
-``threshold * max`` of their level is subdivided. Each pixel keeps the finest
-level that evaluated it, so the map matches dense occlusion where it matters
-and costs far fewer forward passes elsewhere.
+the window) over the ROI or the image. A level's map is divided by the
+window's area in patches, so that levels are on the scale of the finest one (a
+window's effect is about the sum of its patches' effects). At each next level
+the window and stride halve, and only the pixels where that map reached
+``threshold * max`` are subdivided. Each pixel keeps the finest level that
+evaluated it, so the map matches dense occlusion where it matters and costs
+far fewer forward passes elsewhere.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def adaptive_occlusion(ctx: Context, patch: int | None = None, stride: int | Non
     ----------
     patch, stride, fill : the finest level, as for occlusion. Defaults: S/16, patch/2, "zero".
     levels : coarser levels above the finest (window 2**levels * patch first). Default: 2.
-    threshold : subdivide windows whose |attribution| >= threshold * the level's maximum. Default: 0.25.
+    threshold : subdivide where the level's |attribution| >= threshold * its maximum. Default: 0.25.
     top_k : as for occlusion, applied at the coarsest level.
     """
     params = occlusion_params(ctx, patch, stride, fill, top_k)
@@ -53,14 +55,15 @@ def adaptive_occlusion(ctx: Context, patch: int | None = None, stride: int | Non
         total = torch.zeros(ctx.size, ctx.size, dtype=torch.float64, device=ctx.device)
         count = torch.zeros_like(total)
         attr = np.zeros(len(boxes))
+        scale = (params["patch"] / win) ** 2  # on the finest level's scale
         for p in evaluate_windows(ctx, boxes, fills, total, count, attr, stage=f"level {levels - level}"):
-            partial = torch.where(count > 0, average(total, count), heat)
+            partial = torch.where(count > 0, average(total, count) * scale, heat)
             yield ctx.progress(p.done, p.total, partial, p.stage)
-        level_map = average(total, count)
+        level_map = average(total, count) * scale
         heat = torch.where(count > 0, level_map, heat)
         n_eval += len(boxes)
         per_level.append({"window": win, "stride": step, "evaluated": len(boxes)})
-        region = _refine_region(boxes, attr, threshold, ctx.size)
+        region = _refine_region(level_map, count > 0, threshold)
         if not region.any():
             break
     n_full = len(full_grid)
@@ -68,14 +71,10 @@ def adaptive_occlusion(ctx: Context, patch: int | None = None, stride: int | Non
                   info={"levels": per_level})
 
 
-def _refine_region(boxes: np.ndarray, attr: np.ndarray, threshold: float, size: int) -> np.ndarray:
-    """Pixels covered by a window whose |attribution| reached ``threshold`` x the level's maximum."""
-    region = np.zeros((size, size), bool)
-    if len(attr) == 0:
-        return region
-    peak = float(np.abs(attr).max())
+def _refine_region(level_map: torch.Tensor, evaluated: torch.Tensor, threshold: float) -> np.ndarray:
+    """Pixels this level evaluated whose |attribution| reached ``threshold`` x the level's maximum."""
+    mag = level_map.abs().masked_fill(~evaluated, 0)
+    peak = float(mag.max()) if mag.numel() else 0.0
     if peak <= 0:
-        return region
-    for y0, y1, x0, x1 in boxes[np.abs(attr) >= threshold * peak]:
-        region[y0:y1, x0:x1] = True
-    return region
+        return np.zeros(tuple(level_map.shape), bool)
+    return (mag >= threshold * peak).cpu().numpy()

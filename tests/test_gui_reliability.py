@@ -20,7 +20,7 @@ LONG_RUNS = {
     "rise": {"n_masks": 2000},
     "lime": {"n_samples": 500},
     "ig": {"n_steps": 32, "nt_samples": 16},
-    "causal": {"n_fillers": 50},
+    "causal": {"n_fillers": 50, "threshold": 0.0},  # every block gets all 50 fillers, whatever the model
     "segx": {},
 }
 
@@ -160,3 +160,26 @@ def test_event_loop_probe_for_every_method(scene, qtbot, method):
     worst = float(np.diff(ticks).max()) if len(ticks) > 1 else 0.0
     print(f"{method}: {len(ticks)} ticks over the run, worst event-loop stall {worst * 1000:.0f} ms")
     assert worst < 0.15
+
+
+def test_cancel_after_the_run_returned_keeps_its_result(qtbot):
+    """Cancel pressed while a finished run's result is being shown: nothing to stop, status stays done."""
+    from napari_xaiclip.widgets._common import RunPanel
+
+    panel = RunPanel()
+    qtbot.addWidget(panel)
+    results = []
+
+    def work():
+        yield 1, 1, None
+        return "result"
+
+    def on_done(result):
+        results.append(result)
+        panel.cancel()  # runs after `returned`, before `finished`: the race the causal cancel test met
+
+    assert panel.start(work, on_done=on_done, description="tiny run")
+    qtbot.waitUntil(lambda: not panel.running, timeout=30_000)
+    assert results == ["result"]
+    assert panel.status.text().startswith("done in") and not panel.cancelled
+    assert panel.run_button.isEnabled() and not panel.cancel_button.isEnabled()

@@ -223,6 +223,7 @@ class RunPanel(QWidget):
         self._napari_progress = None
         self.last_error: str | None = None
         self.cancelled = False
+        self._ended = False  # the worker has returned, failed or aborted; only `finished` is to come
 
     @property
     def running(self) -> bool:
@@ -240,6 +241,7 @@ class RunPanel(QWidget):
             return False
         self.last_error = None
         self.cancelled = False
+        self._ended = False
         self._on_progress, self._on_done, self._on_aborted = on_progress, on_done, on_aborted
         self._description = description
         self._pending = None
@@ -290,7 +292,7 @@ class RunPanel(QWidget):
         self.worker = None
 
     def cancel(self) -> None:
-        if self.worker is not None:
+        if self.worker is not None and not self._ended:  # a run that already returned has nothing to stop
             self.cancelled = True
             self.status.setText("cancelling…")
             self.worker.quit()
@@ -322,6 +324,7 @@ class RunPanel(QWidget):
         bar.update(int(done) - bar.n)
 
     def _returned(self, result) -> None:
+        self._ended = True
         self._flush()
         seconds = time.perf_counter() - self._t0
         self.status.setText(f"done in {seconds:.1f} s")
@@ -332,6 +335,7 @@ class RunPanel(QWidget):
                 self._report(exc)
 
     def _errored(self, exc) -> None:
+        self._ended = True
         self._report(exc)
 
     def _report(self, exc) -> None:
@@ -342,6 +346,7 @@ class RunPanel(QWidget):
         notify_error(f"{self._description} failed: {exc}")
 
     def _aborted(self) -> None:
+        self._ended = True
         self.status.setText("cancelled")
         if self._on_aborted is not None:
             self._on_aborted()

@@ -291,6 +291,14 @@ def test_enhance_nearly_constant_float64_does_not_crash(img):
     assert out.dtype == np.uint8 and out.shape == img.shape
 
 
+def test_rescale_keeps_a_subnormal_and_a_near_overflow_range():
+    from napari_xaiclip.preprocess import rescale_to_uint8
+
+    with np.errstate(all="raise"):  # no overflow or invalid value on the way
+        np.testing.assert_array_equal(rescale_to_uint8(np.array([[0.0, 5e-324]])), [[0, 255]])
+        np.testing.assert_array_equal(rescale_to_uint8(np.array([[-1e308, 0.0, 1e308]])), [[0, 128, 255]])
+
+
 def test_enhance_huge_finite_range_does_not_crash():
     img = np.array([[-1e308, 1e308], [0.0, 1.0]])
     out = enhance(img)

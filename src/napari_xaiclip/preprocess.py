@@ -90,7 +90,12 @@ def rescale_to_uint8(image: np.ndarray) -> np.ndarray:
     lo, hi = img.min(), img.max()
     if hi <= lo:
         return np.zeros(img.shape, np.uint8)
-    return np.round((img - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    # divide by the span rather than multiply by 255 / span: 255 / a subnormal span overflows;
+    # halve first when the span itself overflows (a range near +-1.8e308)
+    span = hi - lo
+    with np.errstate(over="ignore"):
+        unit = (img - lo) / span if np.isfinite(span) else (img / 2 - lo / 2) / (hi / 2 - lo / 2)
+    return np.round(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def window(image: np.ndarray, level: float, width: float) -> np.ndarray:

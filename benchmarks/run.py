@@ -56,10 +56,13 @@ def section_models(ctx):
     return md
 
 
-def _localize(loc, image, organ):
-    from napari_xaiclip.pipeline import localize
+def _localize(loc, case):
+    """The localizer's (ROI, score map) for the case's organ, computed once per case."""
+    if "localized" not in case:
+        from napari_xaiclip.pipeline import localize
 
-    return localize(loc, image, organ)
+        case["localized"] = localize(loc, case["image"], case["organ"])
+    return case["localized"]
 
 
 def section_table3(ctx):
@@ -71,7 +74,7 @@ def section_table3(ctx):
     params = {"rise": {"n_masks": 500 if ctx["quick"] else 2000}}
     rows, per_case = [], []
     for case in ctx["cases"]:
-        roi, score = _localize(loc, case["image"], case["organ"])
+        roi, score = _localize(loc, case)
         box = box_from_mask(case["gt"])
         results = explain_slice(seg, case["image"], box, ["occlusion", "lime", "rise"], ("traditional", "roi"),
                                 roi=roi, gt=case["gt"], score_map=score, seed=0, params=params)
@@ -212,7 +215,7 @@ def section_adaptive(ctx):
     for scope in ("roi", "image"):
         scoped = []
         for case in ctx["cases"]:
-            roi, _ = _localize(loc, case["image"], case["organ"])
+            roi, _ = _localize(loc, case)
             within = roi if scope == "roi" else None
             box = box_from_mask(case["gt"])
             dense = explain("occlusion", seg, case["image"], box=box, roi=within)

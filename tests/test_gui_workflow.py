@@ -87,7 +87,8 @@ def test_prompt_roi_segmentation_and_roi_guided_occlusion(scene, qtbot):
     ref = explain("occlusion", load_segmenter("default"), plane, box=record["params"]["box"], roi=roi,
                   patch=32, seed=0)
     np.testing.assert_allclose(np.asarray(heat_layer.data[0]), ref.heatmap, atol=1e-6)
-    assert record["n_forward"] == ref.n_forward and record["rho"] == pytest.approx(ref.rho, abs=1e-6)  # records keep 6 decimals
+    # records keep 6 decimals
+    assert record["n_forward"] == ref.n_forward and record["rho"] == pytest.approx(ref.rho, abs=1e-6)
     assert metrics.table.rowCount() == 1
 
 

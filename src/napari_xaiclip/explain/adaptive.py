@@ -54,9 +54,8 @@ def adaptive_occlusion(ctx: Context, patch: int | None = None, stride: int | Non
         boxes = boxes[idx]
         total = torch.zeros(ctx.size, ctx.size, dtype=torch.float64, device=ctx.device)
         count = torch.zeros_like(total)
-        attr = np.zeros(len(boxes))
         scale = (params["patch"] / win) ** 2  # on the finest level's scale
-        for p in evaluate_windows(ctx, boxes, fills, total, count, attr, stage=f"level {levels - level}"):
+        for p in evaluate_windows(ctx, boxes, fills, total, count, stage=f"level {levels - level}"):
             partial = torch.where(count > 0, average(total, count) * scale, heat)
             yield ctx.progress(p.done, p.total, partial, p.stage)
         level_map = average(total, count) * scale

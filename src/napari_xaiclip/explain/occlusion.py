@@ -53,11 +53,11 @@ def select_windows(ctx: Context, boxes: np.ndarray, top_k: float | None = None) 
 
 
 def evaluate_windows(ctx: Context, boxes: np.ndarray, fill: torch.Tensor, total: torch.Tensor,
-                     count: torch.Tensor, attributions: np.ndarray, progress_offset: int = 0,
+                     count: torch.Tensor, attributions: np.ndarray | None = None, progress_offset: int = 0,
                      progress_total: int | None = None, stage: str = "occlusion"):
     """Score every window of ``boxes`` (N, 4), adding attribution and coverage into ``total``/``count``.
 
-    Generator: yields a Progress per batch; fills ``attributions`` (N,) in place.
+    Generator: yields a Progress per batch; fills ``attributions`` (N,) in place when given.
     """
     b = torch.as_tensor(boxes, device=ctx.device)
     n_total = progress_total or len(boxes)
@@ -71,7 +71,8 @@ def evaluate_windows(ctx: Context, boxes: np.ndarray, fill: torch.Tensor, total:
         rows, cols = box_masks(b[start:stop], ctx.size)
         total += outer_sum(rows, cols, attr)
         count += outer_sum(rows, cols, torch.ones_like(attr))
-        attributions[start:stop] = attr.cpu().numpy()
+        if attributions is not None:
+            attributions[start:stop] = attr.cpu().numpy()
         yield ctx.progress(progress_offset + stop, n_total, average(total, count), stage)
 
 

@@ -87,8 +87,9 @@ def rise(ctx: Context, n_masks: int = 2000, grid: int = 7, p1: float = 0.5, norm
         m = state["masks"].double()
         sal_fid += torch.einsum("b,bij->ij", scores[:, 0].double(), m)
         sal_rel += torch.einsum("b,bij->ij", scores[:, 1].double(), m)
-        coverage += m.sum(0)
-        score_sum += scores.double().sum(0)
+        if center:
+            coverage += m.sum(0)
+            score_sum += scores.double().sum(0)
         fid = _saliency(sal_fid, coverage, score_sum[0] / stop, center, stop * p1)
         yield ctx.progress(stop, n_masks, _normalise(fid, region) if normalise else fid, "rise")
     fid = _saliency(sal_fid, coverage, score_sum[0] / n_masks, center, n_masks * p1)

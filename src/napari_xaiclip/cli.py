@@ -116,12 +116,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import DEFAULT_LOCALIZER, DEFAULT_SEGMENTER, list_models
+    from .models import DEFAULT_LOCALIZER, PHANTOM_SEGMENTER, list_models
 
     if args.card:
         from .models.card import read_card, render_model_card
 
-        print(render_model_card(read_card(DEFAULT_SEGMENTER), read_card(DEFAULT_LOCALIZER)))
+        print(render_model_card(read_card(PHANTOM_SEGMENTER), read_card(DEFAULT_LOCALIZER)))
         return 0
     rows = list_models()
     if args.json:
@@ -129,7 +129,8 @@ def cmd_models(args) -> int:
         return 0
     for row in rows:
         print(f"{row['kind']:<10} {row['spec']}")
-        for key in ("description", "weights", "input_size", "parameters", "gflops", "classes", "error"):
+        for key in ("description", "trained_on", "licence", "weights", "input_size", "parameters", "gflops",
+                    "classes", "error"):
             if key in row:
                 print(f"{'':<10}   {key}: {row[key]}")
     return 0

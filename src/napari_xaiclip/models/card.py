@@ -1,4 +1,5 @@
-"""The model card of the shipped demo models, rendered from the cards stored in their weight files."""
+"""The model card: LiteMedSAM (the default segmenter) and the shipped phantom-trained demo models,
+the latter rendered from the cards stored in their weight files."""
 
 from __future__ import annotations
 
@@ -57,19 +58,43 @@ def _segmenter_training(st: dict) -> list[str]:
     return lines
 
 
+def _litemedsam_section() -> list[str]:
+    from .litemedsam import LITEMEDSAM_CARD as c, LITEMEDSAM_SIZE
+
+    return [
+        "## Default segmenter: LiteMedSAM (`load_segmenter(\"default\")`, `\"litemedsam\"`)",
+        "",
+        f"- {c['model']}; 256 px input, 9,791,300 parameters.",
+        f"- Trained on: {c['trained_on']}.",
+        f"- Source: {c['source']}. File `lite_medsam.pth`, {LITEMEDSAM_SIZE:,} bytes, SHA-256 `{c['sha256']}` "
+        "(checked before every load).",
+        f"- Licence: {c['licence']}.",
+        f"- Cite: {c['cite']}.",
+        "- Preprocessing (MedSAM's LiteMedSAM recipe, in this project's code): min-max of the (windowed) slice "
+        "to [0, 1], 3 channels, longest side resized to 256 and zero-padded, box scaled by 256 / max(H, W), "
+        "mask cropped to the unpadded area and resized to the slice.",
+        "- A fine-tuned LiteMedSAM checkpoint loads with `litemedsam:PATH` (plain state dict or `{\"model\": ...}`).",
+        "",
+    ]
+
+
 def render_model_card(segmenter_card: dict, localizer_card: dict) -> str:
-    """Markdown for MODEL_CARD.md from the two stored cards."""
+    """Markdown for MODEL_CARD.md: LiteMedSAM, then the two stored phantom-model cards."""
     s, lc = segmenter_card, localizer_card
     organs = ["liver", "spleen", "right kidney", "left kidney"]
     st, lt = s.get("training", {}), lc.get("training", {})
     lines = [
-        "# Model card: the shipped phantom-trained demo models",
+        "# Model card",
+        "",
+        *_litemedsam_section(),
+        "## The shipped phantom-trained demo models",
         "",
         "**These are demonstration models trained on a synthetic abdominal phantom, not on patients.** "
-        "They make the tool work out of the box and keep its tests meaningful; for real scans use MedSAM/SAM "
-        "checkpoints or your own models, and train a localizer on your labelled slices.",
+        "They make the demo fast and keep the tests meaningful; applied to any other volume they warn. "
+        "For real scans use LiteMedSAM (the default), MedSAM/SAM checkpoints or your own models, and train "
+        "a localizer on your labelled slices.",
         "",
-        "## Segmenter: `tiny_sam.pt` (`load_segmenter(\"default\")`)",
+        "## Segmenter: `tiny_sam.pt` (`load_segmenter(\"phantom\")`)",
         "",
         f"- Architecture: segment_anything `Sam` classes, image encoder ViT (embed {s['config']['embed_dim']}, "
         f"depth {s['config']['depth']}, {s['config']['num_heads']} heads, patch {s['config']['patch_size']}, "
@@ -88,7 +113,7 @@ def render_model_card(segmenter_card: dict, localizer_card: dict) -> str:
         "",
         *_score_table(s.get("heldout", {}).get("dice", {}), organs),
         "",
-        "## Localizer: `localizer.pt` (`load_localizer(\"default\")`)",
+        "## Localizer: `localizer.pt` (`load_localizer(\"default\")`, also `\"phantom\"`)",
         "",
         f"- {lc.get('model')}.",
         f"- CLIP: `{lc.get('clip')}` (an open_clip ViT config registered offline, trained from scratch here; "

@@ -61,7 +61,8 @@ def _merge(*dicts) -> dict:
 
 
 def run_demo(out: Path, slice_index: int | None = None, fast: bool = False, seed: int = 0, *,
-             shape=None, params: dict | None = None, curves: bool | None = None, stream=None) -> dict:
+             shape=None, params: dict | None = None, curves: bool | None = None, stream=None,
+             model: str = "phantom") -> dict:
     """Run the demo into ``out``; returns ``{"slice", "records", "seconds", "roi_source", "box", "out"}``.
 
     Parameters
@@ -74,6 +75,8 @@ def run_demo(out: Path, slice_index: int | None = None, fast: bool = False, seed
     params : method parameters on top of the defaults, e.g. ``{"rise": {"n_masks": 100}}``.
     curves : compute deletion/insertion AUC. Default: :data:`CURVES`.
     stream : where progress and the table go. Default: stdout.
+    model : segmenter spec. Default: "phantom" (the phantom-trained tiny SAM, for speed);
+        "default"/"litemedsam" runs the real LiteMedSAM (about 2 s per forward on a laptop CPU).
 
     Raises
     ------
@@ -104,14 +107,16 @@ def run_demo(out: Path, slice_index: int | None = None, fast: bool = False, seed
     params = _merge(FAST_PARAMS if fast else None, params)
     curves = CURVES if curves is None else bool(curves)
 
-    print(f"xaiclip demo: CT phantom {shape} (seed {seed}), axial slice {z}, phantom-trained demo models"
+    seg, loc = load_segmenter(model), load_localizer("phantom")
+    models = ("phantom-trained demo models (for speed; real scans: the default LiteMedSAM)" if model == "phantom"
+              else f"segmenter {seg.name}, phantom-trained localizer")
+    print(f"xaiclip demo: CT phantom {shape} (seed {seed}), axial slice {z}, {models}"
           + (", fast settings" if fast else ""), file=stream, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     ct, lab = out / "phantom_ct.nii.gz", out / "phantom_labels.nii.gz"
     save_volume(ct, vol.data, like=vol)
     save_volume(lab, labels, like=vol)
 
-    seg, loc = load_segmenter("default"), load_localizer("default")
     image = load_volume(ct).data[z]  # exactly what run_case will read
     roi, _ = localize(loc, image, PROMPT)
     roi_source = "localizer" if roi.any() else "labels"
@@ -121,7 +126,7 @@ def run_demo(out: Path, slice_index: int | None = None, fast: bool = False, seed
     box = box_from_mask(liver[z])
     case = Case(volume=str(ct), slices=[z], labels=str(lab), organ=ORGAN, roi=roi_source, prompt=PROMPT,
                 methods=list(METHODS), modes=("traditional", "roi"), seed=seed, params=params, curves=curves,
-                name="phantom")
+                name="phantom", model=seg.name, localizer=loc.name)
     records = run_case(case, out, on_progress=TerminalProgress(stream), segmenter=seg, localizer=loc)
     print(format_table(records, TABLE_FIELDS), file=stream, flush=True)
 

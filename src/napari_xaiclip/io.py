@@ -34,9 +34,11 @@ import numpy as np
 
 __all__ = [
     "DISPLAY_AXCODES",
+    "PHANTOM_MARKER",
     "Volume",
     "display_affine",
     "is_nifti_path",
+    "is_phantom_description",
     "load_volume",
     "save_volume",
     "layer_geometry",
@@ -65,6 +67,9 @@ class Volume:
         (``None`` for volumes made in memory); ``save_volume`` writes back into it.
     header : nibabel header of the source file, or ``None``.
     path : where it was read from, if anywhere.
+    description : free text of the source (NIfTI ``descrip``); the synthetic phantom
+        starts it with :data:`PHANTOM_MARKER`, which is how models trained on the
+        phantom know they are applied to something else.
     """
 
     data: np.ndarray
@@ -74,6 +79,7 @@ class Volume:
     source_ornt: np.ndarray | None = None
     header: Any = None
     path: str | None = None
+    description: str = ""
 
     def __post_init__(self) -> None:
         self.data = np.asarray(self.data)
@@ -121,7 +127,21 @@ class Volume:
             "source_path": self.path,
             "spacing": list(self.spacing),
             "header": self.header,  # a nibabel header object (in-session only), for exact saving
+            "description": self.description,
         }
+
+    @property
+    def is_phantom(self) -> bool:
+        """True for the synthetic phantom (:func:`napari_xaiclip.phantom.make_phantom`), saved or not."""
+        return is_phantom_description(self.description)
+
+
+#: Start of the description (NIfTI ``descrip``) of every synthetic phantom volume.
+PHANTOM_MARKER = "xaiclip synthetic phantom"
+
+
+def is_phantom_description(text) -> bool:
+    return str(text or "").startswith(PHANTOM_MARKER)
 
 
 def is_nifti_path(path: str | os.PathLike) -> bool:
@@ -246,7 +266,16 @@ def load_volume(path: str | os.PathLike) -> Volume:
     display = np.ascontiguousarray(ornt.apply_orientation(data, transform), dtype=np.float32)
     display_affine = affine @ ornt.inv_ornt_aff(transform, data.shape)
     header = img.header.copy()
-    return Volume(display, display_affine, affine, tuple(data.shape), transform, header, str(path))
+    return Volume(display, display_affine, affine, tuple(data.shape), transform, header, str(path),
+                  description=_descrip(header))
+
+
+def _descrip(header) -> str:
+    try:
+        raw = header["descrip"]
+        return (raw.item() if hasattr(raw, "item") else raw).decode("latin-1").strip("\x00 ")
+    except (KeyError, ValueError, AttributeError):
+        return ""
 
 
 def _back_to_source(array: np.ndarray, like: Volume) -> np.ndarray:
@@ -318,6 +347,8 @@ def save_volume(path: str | os.PathLike, array: np.ndarray, like: Volume | None 
     if header is None:
         img.set_qform(out_affine, code=1)
         img.set_sform(out_affine, code=1)
+    if like is not None and like.description:
+        img.header["descrip"] = like.description.encode("latin-1", "replace")[:79]
     _atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 
@@ -412,4 +443,5 @@ def volume_from_layer_metadata(data: np.ndarray, metadata: dict | None,
         None if src_ornt is None else np.asarray(src_ornt),
         geometry.get("header"),
         geometry.get("source_path"),
+        geometry.get("description") or "",
     )

@@ -1,9 +1,10 @@
 """The ``xaiclip batch`` manifest: a CSV file with one explanation job per row.
 
 Columns (:data:`MANIFEST_COLUMNS`; only ``volume`` is required): case, volume,
-labels, organ, box ("x0 y0 x1 y1"), slices ("N" or "A:B"), axis, prompt, roi,
+labels, organ, label_names (a label table file), labels_threshold (binarise a
+probability map), box ("x0 y0 x1 y1"), slices ("N" or "A:B"), axis, prompt, roi,
 methods, modes, model, localizer, seed, params ("rise.n_masks=500;..."),
-preprocess, curves, box_margin, roi_margin. Relative paths resolve against
+preprocess, curves, box_margin, roi_margin, prompt_match. Relative paths resolve against
 the manifest's folder. Errors in the manifest itself raise
 :class:`ManifestError`; problems with one case's data are kept on its row.
 """
@@ -18,15 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .io import is_nifti_path
-from .jobs import Case, organ_value, parse_slices
+from .jobs import ROI_SOURCES, Case, organ_value, parse_slices
 from .pipeline import expand_modes
 
 __all__ = ["MANIFEST_COLUMNS", "BatchRow", "ManifestError", "read_manifest"]
 
 #: Manifest columns (``volume`` required; the last four are extensions of the issue's list).
-MANIFEST_COLUMNS = ("case", "volume", "labels", "organ", "box", "slices", "axis", "prompt", "roi", "methods",
+MANIFEST_COLUMNS = ("case", "volume", "labels", "organ", "label_names", "labels_threshold", "box", "slices", "axis",
+                    "prompt", "roi", "methods",
                     "modes", "model", "localizer", "seed", "params", "preprocess", "curves", "box_margin",
-                    "roi_margin")
+                    "roi_margin", "prompt_match")
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -75,8 +77,14 @@ def _parse_row(values: dict, base: Path) -> tuple[str | None, Case]:
     if "volume" not in values:
         raise ValueError("volume is empty")
     kw: dict = {"volume": _resolve(base, values["volume"])}
-    if "labels" in values:
-        kw["labels"] = _resolve(base, values["labels"])
+    for col in ("labels", "label_names"):
+        if col in values:
+            kw[col] = _resolve(base, values[col])
+    if "labels_threshold" in values:
+        try:
+            kw["labels_threshold"] = float(values["labels_threshold"])
+        except ValueError:
+            raise ValueError(f"labels_threshold must be a number, got {values['labels_threshold']!r}") from None
     for col in ("organ", "prompt", "model", "localizer"):
         if col in values:
             kw[col] = values[col]
@@ -91,12 +99,14 @@ def _parse_row(values: dict, base: Path) -> tuple[str | None, Case]:
     if "slices" in values:
         kw["slices"] = parse_slices(values["slices"])
     kw["axis"] = int(choice("axis", ("0", "1", "2"), "0"))
-    kw["roi"] = choice("roi", ("localizer", "labels", "none"), "localizer")
+    kw["roi"] = choice("roi", ROI_SOURCES, "localizer")
+    kw["prompt_match"] = choice("prompt_match", ("exact", "similar"), "exact")
     kw["preprocess"] = choice("preprocess", tuple(PRESETS), "none")
     kw["curves"] = choice("curves", ("yes", "no", "true", "false", "1", "0"), "yes") in ("yes", "true", "1")
     kw["seed"] = integer("seed", 0)
     kw["box_margin"] = integer("box_margin", 0)
-    kw["roi_margin"] = integer("roi_margin", 0)
+    if "roi_margin" in values:
+        kw["roi_margin"] = integer("roi_margin", 0)
     if "methods" in values:
         kw["methods"] = _split(values["methods"])
         for m in kw["methods"]:
@@ -186,18 +196,22 @@ def read_manifest(path) -> list[BatchRow]:
 
 def _precheck(case: Case) -> str | None:
     """Problems found without reading voxels (the rest surfaces in the task)."""
-    from .phantom import ORGAN_NAMES
+    from .labels import label_table
 
     for what, p in (("volume", case.volume), ("labels", case.labels)):
         if p is not None and not Path(p).is_file():
             return f"{what} {p}: no such file"
         if p is not None and not is_nifti_path(p):
             return f"{what} {p}: not a NIfTI file (expected .nii or .nii.gz)"
+    if case.label_names is not None and not Path(case.label_names).is_file():
+        return f"label_names {case.label_names}: no such file"
     if (case.labels is None) != (case.organ is None):
         return "labels and organ go together: give both or neither"
+    if case.labels is None and (case.label_names is not None or case.labels_threshold is not None):
+        return "label_names and labels_threshold need labels"
     if case.organ is not None:
         try:
-            organ_value(case.organ, ORGAN_NAMES)
+            organ_value(case.organ, label_table(case.label_names))
         except ValueError as exc:
             return str(exc)
     if case.box is None and case.labels is None:

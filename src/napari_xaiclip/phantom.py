@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .io import Volume
+from .io import PHANTOM_MARKER, Volume
+from .labels import FLARE22_NAMES
 
 __all__ = ["ORGAN_NAMES", "make_phantom", "phantom_affine"]
 
-#: FLARE22 label numbers of the organs the phantom draws.
-ORGAN_NAMES = {1: "liver", 2: "right kidney", 3: "spleen", 4: "pancreas", 5: "aorta",
-               11: "stomach", 13: "left kidney"}
+#: FLARE22 label numbers of the organs the phantom draws (names from :data:`~napari_xaiclip.labels.FLARE22_NAMES`).
+ORGAN_NAMES = {k: FLARE22_NAMES[k] for k in (1, 2, 3, 4, 5, 11, 13)}
 
 FOV_MM = 360.0       # in-plane field of view
 Z_EXTENT_MM = 240.0  # superior-inferior coverage
@@ -306,7 +306,8 @@ def make_phantom(shape: tuple[int, int, int] = (48, 256, 256), modality: str = "
     image += rng.normal(0.0, sd, shape).astype(np.float32)
     if modality == "mr":
         image = np.abs(image)  # magnitude images are non-negative (Rician-like floor)
-    vol = Volume(image.astype(np.float32), phantom_affine(shape))
+    vol = Volume(image.astype(np.float32), phantom_affine(shape),
+                 description=f"{PHANTOM_MARKER} {modality} seed {seed}")
     present = {lab: ORGAN_NAMES[lab] for lab in ORGAN_NAMES}
     return vol, labels, present
 

@@ -77,7 +77,7 @@ def localize(localizer, slice2d: np.ndarray, prompt: str, sigma: float = 2.0, th
     return roi, score
 
 
-def _record(ex: Explanation, metrics: dict) -> dict:
+def _record(ex: Explanation, metrics: dict, warnings: Sequence[str] = ()) -> dict:
     s = ex.summary()
     rec = {k: metrics.get(k, s.get(k)) for k in METRIC_FIELDS}  # every contract column, None when not measured
     for k, v in metrics.items():
@@ -85,19 +85,37 @@ def _record(ex: Explanation, metrics: dict) -> dict:
             rec[k] = v
     if "segu" in ex.info:
         rec["segu"] = ex.info["segu"]
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in rec.items()}
+    rec = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in rec.items()}
+    rec["warnings"] = list(dict.fromkeys([*warnings, *ex.info.get("warnings", [])]))
+    return rec
+
+
+def _roi_warnings(segmenter, slice2d, box, roi, curve_ctx, seed: int) -> list[str]:
+    """The ROI-overlap warning, from the baseline segmentation (one forward unless curves made it)."""
+    from .explain.base import Context
+    from .preprocess import from_model_input
+    from .provenance import roi_overlap_warning
+
+    ctx = curve_ctx or Context(segmenter, slice2d, box=box, target="dice", seed=seed)
+    base = from_model_input(ctx.base_mask.float().cpu().numpy(), ctx.geometry) > 0.5
+    warning = roi_overlap_warning(roi, box, base)
+    return [warning] if warning else []
 
 
 def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[str], modes=("traditional", "roi"),
                        roi: np.ndarray | None = None, gt: np.ndarray | None = None,
                        score_map: np.ndarray | None = None, seed: int = 0, params: dict | None = None,
                        curves: bool = True, curve_steps: int = 50, batch_size="auto", target: str = "dice",
+                       warnings: Sequence[str] = (), on_warning=None,
                        ) -> Generator[tuple[int, int, str, Progress], None, list[SliceResult]]:
     """Explain one slice with several methods and modes.
 
     Yields ``(job, n_jobs, label, progress)``; returns a list of :class:`SliceResult`.
     ``params`` maps a method name to its keyword parameters; ``target`` is the
     explained target (deletion/insertion always use Dice against the baseline).
+    ``warnings`` (known beforehand, e.g. a phantom model on a real scan) and the
+    ROI-overlap check's warning go into every record's ``warnings``; the latter is
+    also passed to ``on_warning(text)`` before any explainer runs.
 
     Raises
     ------
@@ -113,6 +131,13 @@ def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[st
     jobs = [(m, mode) for m in methods for mode in modes]
     results = []
     curve_ctx = Context(segmenter, slice2d, box=box, target="dice", seed=seed) if curves else None
+    warnings = list(warnings)
+    if "roi" in modes:
+        found = _roi_warnings(segmenter, slice2d, box, roi, curve_ctx, seed)
+        for w in found:
+            if on_warning is not None:
+                on_warning(w)
+        warnings += found
     for j, (method, mode) in enumerate(jobs):
         label = f"{method} ({mode})"
         gen = iter_explain(method, segmenter, slice2d, box=box, roi=roi if mode == "roi" else None, gt=gt,
@@ -128,7 +153,7 @@ def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[st
         metrics = heatmap_metrics(ex.heatmap, ex.baseline_mask, gt)
         if curve_ctx is not None:
             metrics.update(deletion_insertion(curve_ctx, ex.model_heatmap, steps=curve_steps, seed=seed))
-        results.append(SliceResult(ex, _record(ex, metrics)))
+        results.append(SliceResult(ex, _record(ex, metrics, warnings)))
     return results
 
 

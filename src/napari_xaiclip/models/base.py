@@ -21,6 +21,7 @@ from ..preprocess import InputGeometry, from_model_input, to_model_input
 __all__ = [
     "Localizer",
     "Prompt",
+    "PromptResolution",
     "Segmenter",
     "count_gflops",
     "eval_mode",
@@ -212,16 +213,48 @@ class Segmenter:
                 "description": self.description}
 
 
+@dataclass
+class PromptResolution:
+    """How a free-text prompt became one of a localizer's classes.
+
+    ``match`` is "exact", "synonym", "words" (every word of the class is in the
+    prompt), "similarity" (nearest class by text-embedding cosine ``similarity``),
+    or "open" (open-vocabulary localizers take any text).
+    """
+
+    prompt: str
+    resolved: str
+    match: str
+    similarity: float | None = None
+
+    def describe(self) -> str:
+        if self.match in ("exact", "open"):
+            return f"prompt {self.prompt!r}"
+        sim = f", text similarity {self.similarity:.2f}" if self.similarity is not None else ""
+        return f"prompt {self.prompt!r} resolved to the localizer class {self.resolved!r} ({self.match}{sim})"
+
+    def to_record(self) -> dict:
+        return {"prompt": self.prompt, "prompt_class": self.resolved, "prompt_match": self.match,
+                "prompt_similarity": None if self.similarity is None else round(float(self.similarity), 4)}
+
+
 class Localizer:
     """Base class of region localizers: ``locate(slice2d, prompt)`` -> (H, W) map in [0, 1]."""
 
     name: str = "localizer"
     classes: tuple[str, ...] = ()
     description: str = ""
+    card: dict = {}
 
-    def locate(self, slice2d: np.ndarray, prompt: str) -> np.ndarray:
+    def locate(self, slice2d: np.ndarray, prompt: str, allow_similar: bool = False) -> np.ndarray:
         raise NotImplementedError
 
-    def resolve(self, prompt: str) -> str:
-        """The class a free-text prompt refers to (identity for open-vocabulary localizers)."""
-        return prompt
+    def resolve_prompt(self, prompt: str, allow_similar: bool = False) -> PromptResolution:
+        """How ``prompt`` maps to a class (any text, for open-vocabulary localizers)."""
+        if not prompt or not str(prompt).strip():
+            raise ValueError("empty text prompt")
+        return PromptResolution(str(prompt).strip(), str(prompt).strip(), "open")
+
+    def resolve(self, prompt: str, allow_similar: bool = False) -> str:
+        """The class a free-text prompt refers to."""
+        return self.resolve_prompt(prompt, allow_similar).resolved

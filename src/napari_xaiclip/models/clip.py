@@ -230,7 +230,7 @@ class ZeroShotLocalizer(Localizer):
             self._text_cache[key] = torch.nn.functional.normalize(t.float(), dim=-1)
         return self._text_cache[key]
 
-    def locate(self, slice2d: np.ndarray, prompt: str) -> np.ndarray:
+    def locate(self, slice2d: np.ndarray, prompt: str, allow_similar: bool = False) -> np.ndarray:
         import torch
 
         if not prompt or not prompt.strip():

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..io import atomic_write_bytes
 from ..preprocess import from_model_input
-from .base import Localizer, pick_device
+from .base import Localizer, PromptResolution, pick_device
 from .clip import ClipBundle, clip_input, create_clip, patch_tokens, text_module
 
 __all__ = ["PromptLearner", "RegionLocalizerNet", "TrainedLocalizer", "load_trained_localizer",
@@ -181,8 +181,9 @@ class TrainedLocalizer(Localizer):
     """The trained localizer behind the :class:`Localizer` protocol.
 
     ``locate(slice2d, prompt)`` returns the softmax probability of the class the
-    prompt refers to, at the slice's resolution. A free-text prompt maps to the
-    nearest class: exact or synonym match first, then text-embedding similarity.
+    prompt refers to, at the slice's resolution. A free-text prompt maps to a
+    class exactly, by synonym or by its words; anything else is an error unless
+    text-similarity matching is allowed (see :meth:`resolve_prompt`).
     """
 
     def __init__(self, net, bundle: ClipBundle, name: str = "localizer", description: str = "",
@@ -199,24 +200,35 @@ class TrainedLocalizer(Localizer):
     def organ_classes(self) -> tuple[str, ...]:
         return tuple(c for c in self.classes if c.lower() != "background")
 
-    def resolve(self, prompt: str) -> str:
+    def resolve_prompt(self, prompt: str, allow_similar: bool = False) -> PromptResolution:
+        """Map a prompt to one of the trained classes: exactly, by a known synonym, or by its words.
+
+        Any other prompt is a ValueError naming the classes, unless ``allow_similar``:
+        then it maps to the nearest class by text-embedding similarity, which the
+        returned :class:`PromptResolution` records (callers show it; never silent).
+        """
         if not prompt or not prompt.strip():
             raise ValueError("empty text prompt")
         want = normalize_prompt(prompt)
-        by_norm = {normalize_prompt(c): c for c in self.classes}
+        by_norm = {normalize_prompt(c): c for c in self.organ_classes}
         if want in by_norm:
-            return by_norm[want]
+            return PromptResolution(prompt.strip(), by_norm[want], "exact")
         if want in SYNONYMS and SYNONYMS[want] in by_norm:
-            return by_norm[SYNONYMS[want]]
+            return PromptResolution(prompt.strip(), by_norm[SYNONYMS[want]], "synonym")
         words = {SYNONYMS.get(w, w) for w in want.split()}
         for norm, c in by_norm.items():
             if norm and set(norm.split()) <= words:
-                return c
+                return PromptResolution(prompt.strip(), c, "words")
+        if not allow_similar:
+            raise ValueError(f"the localizer {self.name!r} knows no class {prompt.strip()!r}; its classes: "
+                             f"{', '.join(self.organ_classes)} (or allow text-similarity matching: --prompt-match similar)")
         model, tok = self.bundle.model, self.bundle.tokenizer
         with torch.inference_mode():
             t = torch.nn.functional.normalize(model.encode_text(tok([want] + list(self.organ_classes)).to(
                 self.bundle.device)).float(), dim=-1)
-        return self.organ_classes[int((t[1:] @ t[0]).argmax())]
+        sims = (t[1:] @ t[0]).cpu().numpy()
+        best = int(sims.argmax())
+        return PromptResolution(prompt.strip(), self.organ_classes[best], "similarity", float(sims[best]))
 
     def probabilities(self, slice2d: np.ndarray):
         """(K, S, S) class probabilities at model input size and the InputGeometry."""
@@ -227,8 +239,8 @@ class TrainedLocalizer(Localizer):
             logits = self.net(torch.from_numpy(x)[None].to(self.bundle.device), self._text)
             return logits.softmax(1)[0].float().cpu().numpy(), geometry
 
-    def locate(self, slice2d: np.ndarray, prompt: str) -> np.ndarray:
-        cls = self.resolve(prompt)
+    def locate(self, slice2d: np.ndarray, prompt: str, allow_similar: bool = False) -> np.ndarray:
+        cls = self.resolve(prompt, allow_similar)
         probs, geometry = self.probabilities(slice2d)
         return np.clip(from_model_input(probs[self.classes.index(cls)], geometry), 0.0, 1.0)
 

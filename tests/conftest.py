@@ -23,6 +23,20 @@ def _cpu_only(monkeypatch):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _real_model_only_when_marked(request, monkeypatch):
+    """LiteMedSAM (about 2 s per forward here) runs only in tests marked ``litemedsam``;
+    the others name the phantom model, so a slow default cannot creep into the suite."""
+    if request.node.get_closest_marker("litemedsam"):
+        return
+    from napari_xaiclip.models.litemedsam import LiteMedSamSegmenter
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this test ran LiteMedSAM without the litemedsam marker: name 'phantom'")
+
+    monkeypatch.setattr(LiteMedSamSegmenter, "logits", refuse)
+
+
 @pytest.fixture
 def notifications():
     """Messages napari shows to the user during a test (errors, warnings, infos)."""

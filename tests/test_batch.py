@@ -25,18 +25,18 @@ from napari_xaiclip.phantom import make_phantom
 SHAPE = (6, 64, 64)
 PARAMS = {"occlusion": {"patch": 128, "stride": 64}}
 CASES = [("p0", 0, "liver"), ("p1", 1, "liver"), ("p2", 2, "spleen"), ("p3", 3, "liver")]
-HEADER = "case,volume,labels,organ,roi,methods,modes,seed,params,curves"
+HEADER = "case,volume,labels,organ,roi,methods,modes,seed,params,curves,model"
 
 
 def _row(case_id, seed, organ):
     return (f"{case_id},vol{seed}.nii.gz,lab{seed}.nii.gz,{organ},labels,occlusion,both,{seed},"
-            "occlusion.patch=128;occlusion.stride=64,no")
+            "occlusion.patch=128;occlusion.stride=64,no,phantom")
 
 
 def _case(folder: Path, case_id, seed, organ) -> Case:
     return Case(volume=str(folder / f"vol{seed}.nii.gz"), labels=str(folder / f"lab{seed}.nii.gz"), organ=organ,
                 roi="labels", methods=["occlusion"], modes=("traditional", "roi"), seed=seed,
-                params=PARAMS, curves=False, name=case_id)
+                params=PARAMS, curves=False, name=case_id, model="phantom")
 
 
 @pytest.fixture(scope="module")

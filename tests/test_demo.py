@@ -13,6 +13,7 @@ from napari_xaiclip import models as models_mod
 from napari_xaiclip.cli import main
 from napari_xaiclip.io import load_volume
 from napari_xaiclip.phantom import make_phantom
+from napari_xaiclip.models import Localizer
 from napari_xaiclip.roi import clean_roi, roi_from_map
 
 SMALL = (8, 96, 96)
@@ -26,13 +27,13 @@ def small_demo(monkeypatch):
     monkeypatch.setattr(demo_mod, "CURVES", False)
 
 
-class SquareLocalizer:
+class SquareLocalizer(Localizer):
     """A localizer with a known answer: 1 inside a central square, 0 elsewhere (or 0 everywhere)."""
 
     def __init__(self, empty=False):
         self.empty, self.prompts = empty, []
 
-    def locate(self, slice2d, prompt):
+    def locate(self, slice2d, prompt, allow_similar=False):
         self.prompts.append(prompt)
         score = np.zeros(np.shape(slice2d), np.float32)
         if not self.empty:

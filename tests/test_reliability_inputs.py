@@ -418,7 +418,7 @@ def test_box_errors_print_plain_numbers(toy, box, fragment):
 def _default_segmenter():
     from napari_xaiclip.models import load_segmenter
 
-    return load_segmenter("default")
+    return load_segmenter("phantom")
 
 
 @pytest.mark.parametrize("which", ["module-segmenter", "default-tiny-sam"])

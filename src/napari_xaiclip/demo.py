@@ -130,18 +130,20 @@ def run_demo(out: Path, slice_index: int | None = None, fast: bool = False, seed
     records = run_case(case, out, on_progress=TerminalProgress(stream), segmenter=seg, localizer=loc)
     print(format_table(records, TABLE_FIELDS), file=stream, flush=True)
 
-    figures = _comparison_figures(out, image, z, records, vol.spacing[1:])
+    figures = _comparison_figures(out, image, z, records, vol.spacing[1:],
+                                  "phantom-trained demo models" if model == "phantom" else seg.name)
     seconds = time.perf_counter() - t0
     _write_report(out, records, figures, z=z, shape=shape, seed=seed, fast=fast, params=params, curves=curves,
                   roi_source=roi_source, roi_pixels=int(load_volume(out / "roi.nii.gz").data[z].sum()), box=box,
-                  seconds=seconds, fields=CASE_FIELDS)
+                  seconds=seconds, fields=CASE_FIELDS, model=seg.name)
     print(f"demo finished in {seconds:.1f} s; wrote {out}/report.md, figures, heatmaps (NIfTI) and metrics",
           file=stream, flush=True)
     return {"slice": z, "records": records, "seconds": seconds, "roi_source": roi_source, "box": box,
             "out": str(out)}
 
 
-def _comparison_figures(out: Path, image: np.ndarray, z: int, records: list[dict], spacing) -> list[str]:
+def _comparison_figures(out: Path, image: np.ndarray, z: int, records: list[dict], spacing,
+                        models: str) -> list[str]:
     """One PNG per method: traditional and ROI-guided heatmaps side by side, read back from the NIfTI files."""
     from .reports import save_figure
 
@@ -161,13 +163,13 @@ def _comparison_figures(out: Path, image: np.ndarray, z: int, records: list[dict
                            "heatmap": heat, "roi": roi if mode == "roi" else None, "mask": mask})
         name = f"{method}-comparison.png"
         save_figure(out / name, image, panels, spacing=spacing,
-                    suptitle=f"{method} on phantom slice {z} (phantom-trained demo models)")
+                    suptitle=f"{method} on phantom slice {z} ({models})")
         names.append(name)
     return names
 
 
 def _write_report(out: Path, records, figures, *, z, shape, seed, fast, params, curves, roi_source, roi_pixels,
-                  box, seconds, fields) -> None:
+                  box, seconds, fields, model="phantom") -> None:
     from .reports import markdown_table
 
     roi_line = (f'from the CLIP localizer with the prompt "{PROMPT}"' if roi_source == "localizer" else
@@ -175,7 +177,9 @@ def _write_report(out: Path, records, figures, *, z, shape, seed, fast, params, 
     setting = ", ".join(f"{m}: " + ", ".join(f"{k}={v}" for k, v in p.items()) for m, p in params.items())
     lines = [
         "# xaiclip demo", "",
-        DEMO_MODELS_NOTE, "",
+        DEMO_MODELS_NOTE if model == "phantom" else
+        (f"Segmenter: `{model}` (LiteMedSAM, a real medical model, research use); the localizer is the "
+         "phantom-trained demo localizer."), "",
         (f"- Volume: synthetic abdominal CT phantom, {' x '.join(map(str, shape))} voxels (z, y, x), seed {seed}: "
          "`phantom_ct.nii.gz`, labels `phantom_labels.nii.gz`"),
         f"- Slice: axial {z}, where the liver is largest",

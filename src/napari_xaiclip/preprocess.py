@@ -250,10 +250,15 @@ class InputGeometry:
     shape: tuple[int, int]
     size: int
     resized: tuple[int, int]
+    keep_aspect: bool = False
 
     @property
     def scale(self) -> tuple[float, float]:
-        """(row, column) factor from slice pixels to model pixels."""
+        """(row, column) factor from slice pixels to model pixels: size / max(H, W) on both
+        axes when the aspect is kept (SAM, LiteMedSAM), not the rounded resized sides."""
+        if self.keep_aspect:
+            s = self.size / max(self.shape)
+            return s, s
         return self.resized[0] / self.shape[0], self.resized[1] / self.shape[1]
 
     def box_to_model(self, box) -> np.ndarray:
@@ -320,7 +325,7 @@ def to_model_input(image: np.ndarray, size: int, keep_aspect: bool = False,
     small = _resize(image, resized, nearest)
     out = np.zeros((size, size), dtype=small.dtype)
     out[: resized[0], : resized[1]] = small
-    return out, InputGeometry((h, w), size, resized)
+    return out, InputGeometry((h, w), size, resized, keep_aspect)
 
 
 def from_model_input(array: np.ndarray, geometry: InputGeometry, nearest: bool = False) -> np.ndarray:

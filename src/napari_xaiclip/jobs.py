@@ -229,6 +229,16 @@ def _slice_inputs(prep: PreparedCase, index: int, seg, localizer):
     return image, raw, gt, box, roi, score
 
 
+def _prompt_text(prep: PreparedCase) -> str:
+    """--prompt, else the organ's name (a label number becomes its name in the label table)."""
+    case = prep.case
+    if case.prompt:
+        return case.prompt
+    if prep.organ_value is not None and str(case.organ).strip().isdigit():
+        return label_table(case.label_names).get(prep.organ_value, str(case.organ))
+    return str(case.organ)
+
+
 def _warnings_before_work(prep: PreparedCase, seg, loc, say) -> list[str]:
     """Phantom models on another volume (said first, so they precede a refused prompt), then
     the prompt's resolution: a note for a synonym, a warning for a text-similarity match."""
@@ -238,8 +248,7 @@ def _warnings_before_work(prep: PreparedCase, seg, loc, say) -> list[str]:
     for w in warnings:
         say("warning", w)
     if loc is not None:
-        prompt = loc.resolve_prompt(prep.case.prompt or prep.case.organ,
-                                    allow_similar=prep.case.prompt_match == "similar")
+        prompt = loc.resolve_prompt(_prompt_text(prep), allow_similar=prep.case.prompt_match == "similar")
         prep.prompt = prompt
         if prompt.match == "similarity":
             warnings.append(prompt.describe() + "; the match is by text similarity only")

@@ -49,6 +49,7 @@ def scene(make_napari_viewer):
     roi = roi_layer(viewer, image)
     roi.data[index] = (labels[index] == 3).astype(np.uint8)
     widget = ExplainerWidget(viewer)
+    widget.model.choose("phantom")  # fast; the default is LiteMedSAM
     widget.curves.setChecked(False)
     return viewer, widget, MetricsWidget(viewer)
 
@@ -98,6 +99,7 @@ def test_second_run_is_refused_while_one_runs(scene, qtbot, notifications):
     viewer, widget, _ = scene
     _configure(widget, "rise")
     other = ExplainerWidget(viewer)  # a second explainer dock on the same viewer
+    other.model.choose("phantom")
     _configure(other, "rise")
     other.curves.setChecked(False)
     widget.explain()
@@ -127,6 +129,7 @@ def test_closing_napari_during_a_run_stops_the_worker(make_napari_viewer, qtbot)
     z = int(round(image.world_to_data(viewer.dims.point)[0]))
     roi_layer(viewer, image).data[z] = (labels[z] > 0).astype(np.uint8)
     widget = ExplainerWidget(viewer)
+    widget.model.choose("phantom")
     viewer.window.add_dock_widget(widget)
     _configure(widget, "rise")
     widget.curves.setChecked(False)

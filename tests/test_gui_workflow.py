@@ -26,10 +26,14 @@ def scene(make_napari_viewer):
 
 
 def _widgets(viewer):
+    """The docks, every segmenter chooser set to the phantom model by name (fast; LiteMedSAM is the default)."""
     from napari_xaiclip.widgets import ExplainerWidget, MetricsWidget, RoiWidget, SegmentationWidget, SlicePickerWidget
 
-    return (SlicePickerWidget(viewer), RoiWidget(viewer), SegmentationWidget(viewer), ExplainerWidget(viewer),
-            MetricsWidget(viewer))
+    widgets = (SlicePickerWidget(viewer), RoiWidget(viewer), SegmentationWidget(viewer), ExplainerWidget(viewer),
+               MetricsWidget(viewer))
+    for chooser in (widgets[1].segmenter, widgets[2].model, widgets[3].model):
+        chooser.choose("phantom")
+    return widgets
 
 
 def _wait(qtbot, panel, timeout=300):
@@ -80,11 +84,13 @@ def test_prompt_roi_segmentation_and_roi_guided_occlusion(scene, qtbot):
                 "axis", "slice"):
         assert key in record
     assert (record["method"], record["mode"], record["slice"], record["axis"]) == ("occlusion", "roi", index, 0)
+    assert record["model"] == "phantom" and record["warnings"] == []  # the phantom model on the phantom
+    assert "synthetic abdominal phantom" in record["segmenter_trained_on"]
     assert heat_layer.metadata["xaiclip_slice"] == {"axis": 0, "index": index, "n_slices": 1}
 
     # the layer holds exactly what the library computes for the same inputs
     plane = np.asarray(take_slice(image.data, 0, index))
-    ref = explain("occlusion", load_segmenter("default"), plane, box=record["params"]["box"], roi=roi,
+    ref = explain("occlusion", load_segmenter("phantom"), plane, box=record["params"]["box"], roi=roi,
                   patch=32, seed=0)
     np.testing.assert_allclose(np.asarray(heat_layer.data[0]), ref.heatmap, atol=1e-6)
     # records keep 6 decimals

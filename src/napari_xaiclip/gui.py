@@ -1,4 +1,9 @@
-"""``xaiclip gui`` / ``make demo``: napari with a volume and every widget docked in working order."""
+"""``xaiclip gui`` / ``make demo``: napari with a volume and every widget docked in working order.
+
+Without a volume it opens the synthetic phantom, and the model choosers pick the
+fast phantom-trained demo models for it (and say so); a real volume keeps the
+default segmenter, LiteMedSAM.
+"""
 
 from __future__ import annotations
 
@@ -74,6 +79,17 @@ def _size_docks(viewer, docks: dict) -> None:
         window.resizeDocks([docks["Metrics"]], [240], Qt.Orientation.Vertical)
 
 
+def _say_which_models(layer) -> None:
+    """On the phantom: a notification that the demo models are in use, and what real scans get."""
+    from napari.utils.notifications import show_info
+
+    from .widgets._cards import PHANTOM_NOTE
+    from .widgets._common import layer_is_phantom
+
+    if layer is not None and layer_is_phantom(layer):
+        show_info(PHANTOM_NOTE)
+
+
 def launch(volume: str | None = None, labels: str | None = None, modality: str = "ct", block: bool = True,
            viewer=None):
     """Open napari with ``volume`` (or the phantom) and the widgets docked; returns the viewer."""
@@ -95,6 +111,7 @@ def launch(volume: str | None = None, labels: str | None = None, modality: str =
     if picker is not None and layer is not None:
         picker.layer_choice.set_layer(layer.name)
         picker.go_to_middle()
+    _say_which_models(layer)
     if block:
         napari.run()
     return viewer

@@ -40,6 +40,32 @@ def notify_info(message: str) -> None:
     show_info(message)
 
 
+def notify_warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
+
+
+class WorkerWarning(str):
+    """A warning a worker yields as its payload, ``(done, total, WorkerWarning(text))``:
+    the RunPanel shows it on the GUI thread at once and keeps it in ``panel.warnings``."""
+
+
+def layer_is_phantom(layer) -> bool:
+    """Whether an image layer holds the synthetic phantom (its geometry metadata says so)."""
+    from ..io import is_phantom_description
+
+    geometry = (getattr(layer, "metadata", None) or {}).get("xaiclip_geometry") or {}
+    return is_phantom_description(geometry.get("description"))
+
+
+def phantom_warnings(volume_is_phantom: bool, segmenter=None, localizer=None) -> list[WorkerWarning]:
+    """:func:`napari_xaiclip.provenance.phantom_model_warnings` as worker payloads (call in the worker)."""
+    from ..provenance import phantom_model_warnings
+
+    return [WorkerWarning(w) for w in phantom_model_warnings(volume_is_phantom, segmenter, localizer)]
+
+
 class LayerChoice(QComboBox):
     """A combo box of the viewer's layers of some kinds, kept up to date."""
 
@@ -93,6 +119,19 @@ class LayerChoice(QComboBox):
         idx = self.findText(name)
         if idx >= 0:
             self.setCurrentIndex(idx)
+
+
+def slice_choice_layout(current, range_, first, last) -> QVBoxLayout:
+    """"current slice" above "range [first] to [last]": two short lines fit the dock's width."""
+    lay = QVBoxLayout()
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(current)
+    row = QHBoxLayout()
+    for w in (range_, first, QLabel("to"), last):
+        row.addWidget(w)
+    row.addStretch(1)
+    lay.addLayout(row)
+    return lay
 
 
 def double_spin(lo: float, hi: float, value: float, step: float = 1.0, decimals: int = 1) -> QDoubleSpinBox:
@@ -190,7 +229,9 @@ class RunPanel(QWidget):
     ``start(make_generator, ...)`` runs a generator function in a napari
     ``thread_worker``; each yielded ``(done, total, payload)`` moves the bar and
     is passed to ``on_progress`` (throttled to ``min_interval`` seconds, the
-    last one always delivered). Cancel quits the worker at its next yield.
+    last one always delivered). A :class:`WorkerWarning` payload is shown as a
+    napari warning at once and collected in ``warnings`` instead (it arrives
+    before the run's result). Cancel quits the worker at its next yield.
     Errors become napari notifications; the widget is re-enabled afterwards.
     """
 
@@ -222,6 +263,7 @@ class RunPanel(QWidget):
         self._pending = None
         self._napari_progress = None
         self.last_error: str | None = None
+        self.warnings: list[str] = []
         self.cancelled = False
         self._ended = False  # the worker has returned, failed or aborted; only `finished` is to come
 
@@ -240,6 +282,7 @@ class RunPanel(QWidget):
             notify_info("A run is already in progress; wait for it or press Cancel.")
             return False
         self.last_error = None
+        self.warnings = []
         self.cancelled = False
         self._ended = False
         self._on_progress, self._on_done, self._on_aborted = on_progress, on_done, on_aborted
@@ -299,6 +342,9 @@ class RunPanel(QWidget):
 
     def _yielded(self, item) -> None:
         done, total, payload = item
+        if isinstance(payload, WorkerWarning):  # not progress: shown now, never throttled away
+            self._warn(str(payload))
+            return
         self.progress.setRange(0, max(int(total), 1))
         self.progress.setValue(int(done))
         self._napari_progress_update(done, total)
@@ -306,6 +352,11 @@ class RunPanel(QWidget):
         now = time.perf_counter()
         if now - self._last_update >= self.min_interval or done >= total:
             self._flush()
+
+    def _warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+            notify_warning(text)
 
     def _flush(self) -> None:
         if self._pending is not None and self._on_progress is not None:
@@ -327,7 +378,9 @@ class RunPanel(QWidget):
         self._ended = True
         self._flush()
         seconds = time.perf_counter() - self._t0
-        self.status.setText(f"done in {seconds:.1f} s")
+        n = len(self.warnings)
+        self.status.setText(f"done in {seconds:.1f} s" + (f" · {n} warning{'s' * (n > 1)}: {self.warnings[0]}"
+                                                           if n else ""))
         if self._on_done is not None:
             try:
                 self._on_done(result)

@@ -13,7 +13,8 @@ from qtpy.QtCore import QTimer
 from ..session import SessionStore, autosave_enabled
 from ._common import ROI_NAME, notify_info
 
-SAVED_KEYS = ("xaiclip_slice", "xaiclip_records", "xaiclip_run_id", "xaiclip_source", "xaiclip_partial")
+SAVED_KEYS = ("xaiclip_slice", "xaiclip_records", "xaiclip_run_id", "xaiclip_source", "xaiclip_partial",
+              "xaiclip_roi_source")
 
 
 def _source_of(viewer, layer):

@@ -18,7 +18,17 @@ from qtpy.QtWidgets import (
 )
 
 from ..slicing import slice_layer_data, take_slice
-from ._common import LayerChoice, RunPanel, find_box, notify_error, replace_layer, viewer_slice, volume_of
+from ._common import (
+    LayerChoice,
+    RunPanel,
+    find_box,
+    layer_is_phantom,
+    notify_error,
+    phantom_warnings,
+    replace_layer,
+    viewer_slice,
+    volume_of,
+)
 from .model_choice import SegmenterChoice
 
 if TYPE_CHECKING:
@@ -124,6 +134,7 @@ class CompanionsWidget(QWidget):
         box = QGroupBox("Component analysis (SAM family)")
         self.image = LayerChoice(self.viewer, ("image",))
         self.model = SegmenterChoice()
+        self.model.bind_image(self.image)
         self.ablation = QComboBox()
         self.ablation.addItems(["zero", "mean"])
         self.table = QTableWidget(0, 3)
@@ -160,12 +171,17 @@ class CompanionsWidget(QWidget):
         fillers = [np.asarray(take_slice(volume, axis, int(i))) for i in np.linspace(0, n - 1, 9).round()
                    if int(i) != index][:8] if mode == "mean" else None
 
+        phantom = layer_is_phantom(layer)
+
         def work():
             yield 0, 1, None
-            records = component_effects(load_segmenter(spec, device), plane, box=box, mode=mode,
-                                        filler_slices=fillers)
+            seg = load_segmenter(spec, device)
+            warnings = phantom_warnings(phantom, seg)
+            for w in warnings:
+                yield 0, 1, w
+            records = component_effects(seg, plane, box=box, mode=mode, filler_slices=fillers)
             yield 1, 1, None
-            return records
+            return [{**r, "warnings": [str(w) for w in warnings]} for r in records]
 
         self.comp_run.start(work, on_done=self._show_components, description="component analysis")
 

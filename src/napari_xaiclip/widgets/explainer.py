@@ -29,10 +29,14 @@ from ..slicing import put_slice, take_slice
 from ._common import (
     LayerChoice,
     RunPanel,
+    WorkerWarning,
     find_box,
+    layer_is_phantom,
     notify_error,
+    phantom_warnings,
     replace_layer,
     roi_slice,
+    slice_choice_layout,
     slice_layer_kwargs,
     viewer_slice,
     volume_of,
@@ -81,6 +85,7 @@ class ExplainerWidget(QWidget):
         self.target = QComboBox()
         self.target.addItems(list(TARGETS))
         self.model = SegmenterChoice()
+        self.model.bind_image(self.image)
         self.batch = QSpinBox()
         self.batch.setRange(0, 4096)
         self.batch.setSpecialValueText("auto")
@@ -91,8 +96,9 @@ class ExplainerWidget(QWidget):
         self.range = QRadioButton("range")
         self.first, self.last = QSpinBox(), QSpinBox()
         for s in (self.first, self.last):
-            s.setRange(0, 100000)
+            s.setRange(0, 9999)
         self.gt = LayerChoice(napari_viewer, ("labels",), allow_none=True)
+        self.gt.setMinimumContentsLength(8)  # shares its row with the label value: keep the dock narrow
         self.gt_value = QSpinBox()
         self.gt_value.setRange(0, 65535)
         self.gt_value.setValue(1)
@@ -101,9 +107,7 @@ class ExplainerWidget(QWidget):
         self.run = RunPanel("Explain")
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
-        slices = QHBoxLayout()
-        for w in (self.current, self.range, self.first, QLabel("to"), self.last):
-            slices.addWidget(w)
+        slices = slice_choice_layout(self.current, self.range, self.first, self.last)
         gt_row = QHBoxLayout()
         gt_row.addWidget(self.gt, 1)
         gt_row.addWidget(QLabel("label"))
@@ -174,6 +178,7 @@ class ExplainerWidget(QWidget):
                                      if int(i) not in indices][:8]
         return {"layer": layer, "axis": axis, "indices": indices, "modes": modes, "target": target,
                 "method": method, "params": params, "jobs": jobs, "spec": self.model.spec(),
+                "is_phantom": layer_is_phantom(layer),
                 "device": self.model.device_name(), "batch": self.batch.value() or "auto",
                 "seed": self.seed.value(), "curves": self.curves.isChecked()}
 
@@ -259,24 +264,28 @@ class ExplainerWidget(QWidget):
         else:
             layer.refresh()
 
-    def _finish(self, job, layers, results) -> None:
+    def _finish(self, job, layers, outcome) -> None:
+        results, provenance = outcome
         run_id = uuid.uuid4().hex[:8]
         records = {mode: [] for mode in layers}
         for k, index, result in results:
             ex = result.explanation
             self._show(layers[ex.mode], job["axis"], k, ex.heatmap)
             rec = {"image": job["layer"].name, "axis": job["axis"], "slice": index, "run_id": run_id,
-                   "model": job["spec"], "target": ex.target, **result.record,
+                   "model": job["spec"], "target": ex.target, **result.record, **provenance,
                    "params": ex.params, "layer": layers[ex.mode].name}
             records[ex.mode].append(rec)
         for mode, layer in layers.items():
             layer.metadata["xaiclip_records"] = records[mode]
             layer.metadata["xaiclip_run_id"] = run_id
+            found = (w for r in records[mode] for w in r.get("warnings", []))
+            layer.metadata["xaiclip_warnings"] = list(dict.fromkeys(found))
             layer.events.data()  # lets the metrics dock pick up the records
         first = [r for recs in records.values() for r in recs]
         text = "; ".join(f"{r['mode']}: {r['n_forward']} passes, {r['seconds']:.1f} s"
                          + (f", rho {r['rho']:.2f}" if r.get("rho") is not None else "") for r in first[:4])
-        self.summary.setText(text)
+        warnings = list(dict.fromkeys(w for r in first for w in r.get("warnings", [])))
+        self.summary.setText(text + "".join(f"\n⚠ {w}" for w in warnings))
 
 
 def display_limits(data: np.ndarray) -> tuple[float, float]:
@@ -293,26 +302,40 @@ def _make_worker(job):
     """The generator run in the worker: every slice x mode through the shared pipeline."""
     from ..models import load_segmenter
     from ..pipeline import iter_explain_slice
+    from ..provenance import model_provenance
 
     def work():
         seg = load_segmenter(job["spec"], job["device"])
+        warnings = phantom_warnings(job["is_phantom"], seg)
+        for w in warnings:
+            yield 0, 1000, w
         out = []
         n = len(job["jobs"])
         for k, item in enumerate(job["jobs"]):
+            found: list[str] = []  # the ROI-overlap warning, from this (worker) thread
             gen = iter_explain_slice(seg, item["plane"], item["box"], [job["method"]], job["modes"],
                                      roi=item["roi"], gt=item["gt"], score_map=item["score"], seed=job["seed"],
                                      params={job["method"]: job["params"]}, curves=job["curves"],
-                                     batch_size=job["batch"], target=job["target"])
+                                     batch_size=job["batch"], target=job["target"], warnings=list(map(str, warnings)),
+                                     on_warning=found.append)
             while True:
                 try:
                     j, n_jobs, label, p = next(gen)
                 except StopIteration as stop:
                     results = stop.value
                     break
+                yield from _drain(found, item["index"])  # shown before the explainers' results
                 frac = (k * n_jobs + j + (p.done / max(p.total, 1))) / (n * n_jobs)
                 mode = job["modes"][j % len(job["modes"])]
                 yield int(frac * 1000), 1000, (k, mode, p.slice_heatmap())
+            yield from _drain(found, item["index"])
             out += [(k, item["index"], r) for r in results]
-        return out
+        return out, model_provenance(seg)
 
     return work
+
+
+def _drain(found: list, index: int):
+    """Yield the warnings a pipeline call reported (in this worker thread) as RunPanel warning payloads."""
+    while found:
+        yield 0, 1000, WorkerWarning(f"slice {index}: {found.pop(0)}")

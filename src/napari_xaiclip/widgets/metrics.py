@@ -26,7 +26,10 @@ from ._common import notify_error, notify_info
 if TYPE_CHECKING:
     import napari
 
-COLUMNS = ["image", "slice"] + METRIC_FIELDS + ["segu"]
+#: Table columns; the warnings ("⚠ n", the texts as tooltip) next to the method, never scrolled out of view.
+COLUMNS = ["image", "slice"] + METRIC_FIELDS[:2] + ["warnings"] + METRIC_FIELDS[2:] + ["segu"]
+#: Extra fields of the CSV export (the JSON keeps every field of every record).
+EXPORT_EXTRA = ["run_id", "model", "target", "segmenter", "segmenter_trained_on"]
 
 
 class _NumberItem(QTableWidgetItem):
@@ -45,6 +48,17 @@ class _NumberItem(QTableWidgetItem):
             return float(a) < float(b)
         except (TypeError, ValueError):
             return str(a) < str(b)
+
+
+class _WarningsItem(_NumberItem):
+    """How many warnings a run has ("–" for none), the warnings themselves as tooltip."""
+
+    def __init__(self, warnings):
+        warnings = list(warnings or [])
+        super().__init__(len(warnings) or None)
+        if warnings:
+            self.setText(f"⚠ {len(warnings)}")
+            self.setToolTip("\n\n".join(warnings))
 
 
 class MetricsWidget(QWidget):
@@ -118,7 +132,8 @@ class MetricsWidget(QWidget):
         r = self.table.rowCount()
         self.table.insertRow(r)
         for c, key in enumerate(COLUMNS):
-            self.table.setItem(r, c, _NumberItem(rec.get(key)))
+            item = _WarningsItem(rec.get(key)) if key == "warnings" else _NumberItem(rec.get(key))
+            self.table.setItem(r, c, item)
         self.table.setSortingEnabled(sorting)
         self.table.resizeColumnsToContents()
 
@@ -138,7 +153,7 @@ class MetricsWidget(QWidget):
             if not path:
                 return None
         p = Path(path)
-        write_metrics(p.parent, self.records, COLUMNS + ["run_id", "model", "target"], stem=p.stem)
+        write_metrics(p.parent, self.records, COLUMNS + EXPORT_EXTRA, stem=p.stem)
         self.status.setText(f"wrote {p.with_suffix('.csv')} and {p.with_suffix('.json')}")
         return str(p)
 

@@ -1,30 +1,59 @@
-"""Choosers for the segmenter and the localizer: the shipped demo models or the user's files."""
+"""Choosers for the segmenter and the localizer: LiteMedSAM (the default), the shipped
+phantom demo models, or the user's files. Every item's tooltip is its model card.
+
+A segmenter chooser bound to an image picker follows the image until the user
+picks a model: the phantom demo model on the synthetic phantom (fast), the
+default LiteMedSAM on anything else.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QPushButton,
     QWidget,
 )
 
+from ._cards import PHANTOM_NOTE, localizer_card, segmenter_card
+from ._common import layer_is_phantom
+
 SEGMENTER_KINDS = [
-    ("Default (tiny SAM, phantom-trained demo)", "default"),
+    ("Default: LiteMedSAM (real medical model, research use)", "default"),
+    ("Phantom demo (tiny SAM, synthetic phantom only)", "phantom"),
+    ("LiteMedSAM checkpoint (fine-tuned)", "litemedsam"),
     ("MedSAM checkpoint (medsam_vit_b.pth)", "medsam"),
     ("SAM checkpoint", "sam"),
     ("TorchScript model", "torchscript"),
 ]
+#: Segmenter kinds that need no file.
+BUILT_IN = ("default", "phantom")
 LOCALIZER_KINDS = [
-    ("Default (trained CLIP localizer, phantom demo)", "default"),
+    ("Default (trained on the synthetic phantom only)", "default"),
     ("Trained localizer file", "file"),
     ("Zero-shot open_clip (MODEL:PRETRAINED)", "clip"),
 ]
+
+
+def _fill(combo: QComboBox, kinds, card) -> None:
+    """Add (label, key) items, each with its model card as tooltip; long labels do not widen the dock."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(18)
+    for i, (label, key) in enumerate(kinds):
+        combo.addItem(label, key)
+        combo.setItemData(i, card(key), Qt.ItemDataRole.ToolTipRole)
+
+
+def _sync_tooltip(combo: QComboBox) -> None:
+    """The combo box's own tooltip is the chosen item's card."""
+    combo.setToolTip(combo.itemData(combo.currentIndex(), Qt.ItemDataRole.ToolTipRole) or "")
 
 
 class _PathRow(QWidget):
@@ -56,8 +85,12 @@ class SegmenterChoice(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.kind = QComboBox()
-        for label, key in SEGMENTER_KINDS:
-            self.kind.addItem(label, key)
+        _fill(self.kind, SEGMENTER_KINDS, segmenter_card)
+        self.user_chosen = False  # set when the user picks a model: the image no longer decides
+        self._auto_phantom = False
+        self.note = QLabel(PHANTOM_NOTE)
+        self.note.setWordWrap(True)
+        self.note.setStyleSheet("color: #e0b050")
         self.path = _PathRow("checkpoint file", "PyTorch files (*.pth *.pt);;All files (*)")
         self.variant = QComboBox()
         self.variant.addItems(["vit_b", "vit_l", "vit_h"])
@@ -66,24 +99,59 @@ class SegmenterChoice(QWidget):
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Model", self.kind)
+        form.addRow(self.note)
         form.addRow("Weights", self.path)
         form.addRow("SAM variant", self.variant)
         form.addRow("Device", self.device)
         self.kind.currentIndexChanged.connect(self._update)
+        self.kind.activated.connect(self._picked)
         self._update()
 
     def _update(self, *_):
         key = self.kind.currentData()
-        self.path.setEnabled(key != "default")
+        self.path.setEnabled(key not in BUILT_IN)
         self.variant.setEnabled(key in ("sam", "medsam"))
         if key == "medsam" and self.variant.currentText() != "vit_b":
             self.variant.setCurrentText("vit_b")
+        self.note.setVisible(self._auto_phantom and key == "phantom")
+        _sync_tooltip(self.kind)
+
+    def _picked(self, *_):
+        self.user_chosen = True
+        self._auto_phantom = False
+        self._update()
+
+    @property
+    def key(self) -> str:
+        return self.kind.currentData()
+
+    def choose(self, key: str) -> None:
+        """Pick a kind as the user would (the image no longer changes it)."""
+        index = self.kind.findData(key)
+        if index < 0:
+            raise ValueError(f"unknown segmenter kind {key!r}")
+        self.kind.setCurrentIndex(index)
+        self._picked()
+
+    def follow_image(self, layer) -> None:
+        """Until the user picks a model: the phantom demo model on the phantom, the default elsewhere."""
+        if self.user_chosen or layer is None:
+            return
+        phantom = layer_is_phantom(layer)
+        self._auto_phantom = phantom
+        self.kind.setCurrentIndex(self.kind.findData("phantom" if phantom else "default"))
+        self._update()
+
+    def bind_image(self, layer_choice) -> None:
+        """Follow the image chosen in ``layer_choice`` (a LayerChoice)."""
+        layer_choice.currentIndexChanged.connect(lambda *_: self.follow_image(layer_choice.layer()))
+        self.follow_image(layer_choice.layer())
 
     def spec(self) -> str:
         """The spec for :func:`napari_xaiclip.models.load_segmenter`; ValueError when incomplete."""
         key = self.kind.currentData()
-        if key == "default":
-            return "default"
+        if key in BUILT_IN:
+            return key
         path = self.path.text()
         if not path:
             raise ValueError(f"choose a weights file for the {self.kind.currentText()}")
@@ -94,6 +162,8 @@ class SegmenterChoice(QWidget):
                 else f"medsam:{path}"
         if key == "sam":
             return f"sam:{self.variant.currentText()}:{path}"
+        if key == "litemedsam":
+            return f"litemedsam:{path}"
         return f"torchscript:{path}"
 
     def device_name(self) -> str:
@@ -106,8 +176,7 @@ class LocalizerChoice(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.kind = QComboBox()
-        for label, key in LOCALIZER_KINDS:
-            self.kind.addItem(label, key)
+        _fill(self.kind, LOCALIZER_KINDS, localizer_card)
         self.path = _PathRow("localizer file from `xaiclip train-localizer`", "PyTorch files (*.pt *.pth)")
         self.clip = QLineEdit()
         self.clip.setPlaceholderText("e.g. ViT-B-16:openai or hf-hub:microsoft/BiomedCLIP-…")
@@ -123,6 +192,11 @@ class LocalizerChoice(QWidget):
         key = self.kind.currentData()
         self.path.setEnabled(key == "file")
         self.clip.setEnabled(key == "clip")
+        _sync_tooltip(self.kind)
+
+    @property
+    def key(self) -> str:
+        return self.kind.currentData()
 
     def spec(self) -> str:
         key = self.kind.currentData()

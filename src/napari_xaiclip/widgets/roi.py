@@ -4,6 +4,12 @@ the segmenter with a box, a threshold, an existing labels layer, or by hand.
 The ROI layer has the volume's shape and geometry; each run fills the current
 slice (or a range). Brush and eraser edits are kept: every explainer reads the
 ROI as it is when it starts.
+
+The shipped localizer knows only the synthetic phantom: on any other volume the
+default source is the segmenter's mask of a drawn box, grown by a margin (the
+text prompt stays available). A prompt the localizer does not know is an error
+naming its classes, unless text-similarity matching is ticked; a prompt mapped
+to a class (synonym, words, similarity) says so in the status and the metadata.
 """
 
 from __future__ import annotations
@@ -26,18 +32,24 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..jobs import SEGMENTER_ROI_MARGIN
 from ..roi import clean_roi, roi_area, roi_bbox, roi_from_labels, roi_from_map, roi_from_threshold
 from ..slicing import put_slice, slice_layer_data, take_slice
+from ._cards import localizer_classes
 from ._common import (
     double_spin,
     LayerChoice,
     RunPanel,
+    WorkerWarning,
     box_from_shapes,
     start_box_drawing,
+    layer_is_phantom,
     notify_error,
+    phantom_warnings,
     replace_layer,
     roi_layer,
     roi_slice,
+    slice_choice_layout,
     slice_layer_kwargs,
     viewer_slice,
     volume_of,
@@ -48,6 +60,9 @@ if TYPE_CHECKING:
     import napari
 
 SOURCES = ("prompt", "segmenter", "threshold", "labels", "draw")
+#: What the status says of a prompt mapped onto a class.
+MAPPED = ("synonym", "words", "similarity")
+SIMILAR_BOX = "match other prompts by text similarity"
 
 
 class RoiWidget(QWidget):
@@ -63,10 +78,8 @@ class RoiWidget(QWidget):
         self.first = QSpinBox()
         self.last = QSpinBox()
         for s in (self.first, self.last):
-            s.setRange(0, 100000)
-        slices = QHBoxLayout()
-        for w in (self.current, self.range, self.first, QLabel("to"), self.last):
-            slices.addWidget(w)
+            s.setRange(0, 9999)
+        slices = slice_choice_layout(self.current, self.range, self.first, self.last)
         self.tabs = QTabWidget()
         self.tabs.addTab(self._prompt_tab(), "Prompt")
         self.tabs.addTab(self._segmenter_tab(), "Box")
@@ -75,6 +88,8 @@ class RoiWidget(QWidget):
         self.tabs.addTab(self._draw_tab(), "Draw")
         self.margin = QSpinBox()
         self.margin.setRange(-50, 100)
+        self.margin.setToolTip(f"pixels the ROI is grown by ({SEGMENTER_ROI_MARGIN} by default for the "
+                               "segmenter's mask, 0 for the other sources)")
         self.largest = QCheckBox("keep largest component")
         self.largest.setChecked(True)
         self.holes = QCheckBox("fill holes")
@@ -101,7 +116,37 @@ class RoiWidget(QWidget):
         self.run.run_button.clicked.connect(self.compute)
         napari_viewer.dims.events.point.connect(self.update_info)
         napari_viewer.layers.events.inserted.connect(self._watch_roi)
+        self._source_chosen = self._margin_chosen = self._setting_margin = False
+        self.tabs.tabBarClicked.connect(self._source_picked)
+        self.tabs.currentChanged.connect(self._default_margin)
+        self.margin.valueChanged.connect(self._margin_picked)
+        self.image.currentIndexChanged.connect(self.follow_image)
+        self.segmenter.bind_image(self.image)
+        self.follow_image()
         self._watch_roi()
+
+    # --- defaults that follow the image ------------------------------------
+    def follow_image(self, *_):
+        """Until the user picks a source: the prompt on the phantom, the segmenter's box mask elsewhere."""
+        layer = self.image.layer()
+        if self._source_chosen or layer is None:
+            return
+        self.tabs.setCurrentIndex(SOURCES.index("prompt" if layer_is_phantom(layer) else "segmenter"))
+        self._default_margin()
+
+    def _source_picked(self, *_):
+        self._source_chosen = True
+
+    def _margin_picked(self, *_):
+        if not self._setting_margin:
+            self._margin_chosen = True
+
+    def _default_margin(self, *_):
+        if self._margin_chosen:
+            return
+        self._setting_margin = True
+        self.margin.setValue(SEGMENTER_ROI_MARGIN if self.source == "segmenter" else 0)
+        self._setting_margin = False
 
     # --- tabs ----------------------------------------------------------
     def _prompt_tab(self):
@@ -109,10 +154,18 @@ class RoiWidget(QWidget):
         self.localizer = LocalizerChoice()
         self.prompt = QLineEdit("liver")
         self.classes = QComboBox()
-        self.classes.addItem("(classes of the localizer)")
         self.load_classes = QPushButton("List classes")
         self.load_classes.clicked.connect(self._list_classes)
         self.classes.activated.connect(self._class_chosen)
+        self.class_hint = QLabel()
+        self.class_hint.setWordWrap(True)
+        self.allow_similar = QCheckBox(SIMILAR_BOX)
+        self.allow_similar.setToolTip("off: a prompt that is not a class, a known synonym or the words of a class "
+                                      "is an error; on: it maps to the class with the most similar text "
+                                      "embedding, and the status says which")
+        self.prompt_status = QLabel("")
+        self.prompt_status.setWordWrap(True)
+        self.prompt_status.setVisible(False)
         self.prompt_sigma = double_spin(0, 20, 2.0, 0.5, 1)
         self.prompt_threshold = double_spin(0, 1, 0.5, 0.05, 2)
         row = QHBoxLayout()
@@ -121,9 +174,14 @@ class RoiWidget(QWidget):
         form = QFormLayout(w)
         form.addRow(self.localizer)
         form.addRow("Text prompt", self.prompt)
+        form.addRow(self.class_hint)
         form.addRow("Classes", row)
+        form.addRow(self.allow_similar)
+        form.addRow(self.prompt_status)
         form.addRow("Smoothing sigma (px)", self.prompt_sigma)
         form.addRow("Threshold", self.prompt_threshold)
+        self.localizer.kind.currentIndexChanged.connect(self._show_classes)
+        self._show_classes()
         return w
 
     def _segmenter_tab(self):
@@ -131,9 +189,14 @@ class RoiWidget(QWidget):
         self.segmenter = SegmenterChoice()
         self.draw_box = QPushButton("Draw a box (rectangle in 'box prompt')")
         self.draw_box.clicked.connect(self._start_box)
-        self.box_from_roi = QCheckBox("use the current ROI's bounding box when no box is drawn")
+        self.box_from_roi = QCheckBox("no box drawn: use the ROI's bounding box")
+        self.box_from_roi.setToolTip("without a rectangle on this slice, the current ROI's bounding box is the box")
         self.box_from_roi.setChecked(True)
+        hint = QLabel("The ROI is the segmenter's mask of the box, grown by the margin below: "
+                      "the source for scans the localizer was not trained on.")
+        hint.setWordWrap(True)
         form = QFormLayout(w)
+        form.addRow(hint)
         form.addRow(self.draw_box)
         form.addRow(self.box_from_roi)
         form.addRow(self.segmenter)
@@ -174,8 +237,10 @@ class RoiWidget(QWidget):
         self.clear_slice = QPushButton("Clear the ROI on this slice")
         self.clear_slice.clicked.connect(self._clear_slice)
         lay = QVBoxLayout(w)
-        lay.addWidget(QLabel("Brush (paint) and eraser work on the ROI layer at any time;\n"
-                             "explainers read the ROI when they start."))
+        note = QLabel("Brush (paint) and eraser work on the ROI layer at any time; "
+                      "explainers read the ROI when they start.")
+        note.setWordWrap(True)
+        lay.addWidget(note)
         lay.addWidget(self.start_drawing)
         lay.addWidget(self.clear_slice)
         return w
@@ -205,17 +270,40 @@ class RoiWidget(QWidget):
         for v in present[present != 0]:
             self.label_value.addItem(f"{int(v)} {names.get(int(v), '')}".strip(), int(v))
 
+    def _show_classes(self, *_):
+        """The localizer's classes under the prompt, in its tooltip and in the class list (no model loaded)."""
+        key = self.localizer.key
+        classes = localizer_classes(key)
+        if classes:
+            text = "classes: " + ", ".join(classes)
+        elif key == "clip":
+            text = "open vocabulary: any text prompt"
+        else:
+            text = "classes: press 'List classes'"
+        self.class_hint.setText(text)
+        self.prompt.setToolTip(f"an organ the localizer knows; {text}")
+        self.prompt.setPlaceholderText(", ".join(classes[:3]) if classes else "e.g. liver")
+        self._fill_classes(classes)
+
+    def _fill_classes(self, classes):
+        self.classes.clear()
+        self.classes.addItems(classes or ["(classes of the localizer)"])
+
     def _list_classes(self):
         from ..models import load_localizer
 
+        if localizer_classes(self.localizer.key):  # known without loading the model
+            self._show_classes()
+            return
         try:
             loc = load_localizer(self.localizer.spec())
         except ValueError as exc:
             notify_error(str(exc))
             return
-        self.classes.clear()
-        classes = [c for c in loc.classes if c.lower() != "background"] or ["(open vocabulary: type a prompt)"]
-        self.classes.addItems(classes)
+        classes = [c for c in loc.classes if c.lower() != "background"]
+        self._fill_classes(classes or ["(open vocabulary: type a prompt)"])
+        if classes:
+            self.class_hint.setText("classes: " + ", ".join(classes))
 
     def _class_chosen(self, index: int):
         text = self.classes.itemText(index)
@@ -255,24 +343,30 @@ class RoiWidget(QWidget):
         try:
             volume = volume_of(layer)
             axis, indices = self._slices(layer)
-            make = self._maker(layer, volume, axis)
+            maker = self._maker(layer, volume, axis)
         except ValueError as exc:
             notify_error(str(exc))
             return
-        if make is None:  # drawing by hand: nothing to compute
+        if maker is None:  # drawing by hand: nothing to compute
             return
+        prepare, make = maker
         post = dict(largest_component=self.largest.isChecked(), fill_holes=self.holes.isChecked(),
                     margin=self.margin.value())
+        params = {"source": self.source, **self._source_params(), "margin": self.margin.value()}
+        self.prompt_status.setText("")
+        self.prompt_status.setVisible(False)
 
         def work():
+            info = yield from prepare(len(indices))
             out = {}
             for k, index in enumerate(indices):
                 roi, score = make(index)
                 out[index] = (clean_roi(roi, **post), score)
                 yield k + 1, len(indices), None
-            return out
+            return out, info
 
-        def done(out):
+        def done(result):
+            out, info = result
             roi = roi_layer(self.viewer, layer)
             for index, (mask, score) in out.items():
                 put_slice(roi.data, axis, index, mask.astype(roi.data.dtype))
@@ -280,13 +374,25 @@ class RoiWidget(QWidget):
                     replace_layer(self.viewer, "localizer map", slice_layer_data(score.astype(np.float32), axis),
                                   "image", colormap="viridis", opacity=0.5, blending="additive", visible=False,
                                   contrast_limits=(0.0, 1.0), **slice_layer_kwargs(layer, axis, index))
-            roi.metadata["xaiclip_roi_source"] = {"source": self.source, **self._source_params()}
+            roi.metadata["xaiclip_roi_source"] = {**params, **info}
             roi.refresh()
             self.update_info()
+            self._show_resolution(info)
             if not any(m.any() for m, _ in out.values()):
                 notify_error("the ROI came out empty: lower the threshold, change the prompt or draw it")
 
         self.run.start(work, on_done=done, description=f"ROI from {self.source}")
+
+    def _show_resolution(self, info: dict) -> None:
+        """Say which class a mapped prompt became, in the prompt tab and the run's status line."""
+        if info.get("prompt_match") not in MAPPED:
+            return
+        sim, match = info.get("prompt_similarity"), info["prompt_match"]
+        how = f"text similarity {sim:.2f}" if match == "similarity" and sim is not None else match
+        text = f"prompt {info['prompt']!r} → class {info['prompt_class']!r} ({how})"
+        self.prompt_status.setText(text)
+        self.prompt_status.setVisible(True)
+        self.run.status.setText(f"{self.run.status.text()} · {text}")
 
     def _source_params(self) -> dict:
         if self.source == "prompt":
@@ -299,32 +405,20 @@ class RoiWidget(QWidget):
         return {}
 
     def _maker(self, layer, volume, axis):
-        """A function slice index -> (ROI, score map or None) for the active source (checked up front)."""
+        """(prepare, make) for the active source, checked up front; None when drawing by hand.
+
+        ``prepare(n)`` runs first in the worker: it loads the model, yields warnings
+        and returns what the ROI layer's metadata records; ``make(i)`` gives
+        (ROI, score map or None) for slice ``i``.
+        """
         src = self.source
         if src == "draw":
             self.paint_by_hand()
             return None
         if src == "prompt":
-            from ..models import load_localizer
-
-            prompt, spec = self.prompt.text().strip(), self.localizer.spec()
-            if not prompt:
-                raise ValueError("type a text prompt, e.g. liver")
-            sigma, thr = self.prompt_sigma.value(), self.prompt_threshold.value()
-
-            def make(i):
-                score = load_localizer(spec).locate(take_slice(volume, axis, i), prompt)
-                return roi_from_map(score, sigma=sigma, threshold=thr), score
-            return make
+            return self._prompt_maker(layer, volume, axis)
         if src == "segmenter":
-            from ..models import load_segmenter
-
-            spec, device = self.segmenter.spec(), self.segmenter.device_name()
-
-            def make(i):
-                box = self._box(layer, axis, i)
-                return load_segmenter(spec, device).segment(take_slice(volume, axis, i), box=box) > 0.5, None
-            return make
+            return self._segmenter_maker(layer, volume, axis)
         if src == "threshold":
             value = None if self.otsu.isChecked() else self.level.value()
             above, in_box = not self.below.isChecked(), self.in_box.isChecked()
@@ -332,20 +426,68 @@ class RoiWidget(QWidget):
             def make(i):
                 box = self._box(layer, axis, i, allow_roi=False) if in_box else None
                 return roi_from_threshold(take_slice(volume, axis, i), value, box, above), None
-            return make
+            return _nothing_to_prepare, make
+        data, value = self._labels_source(volume)
+        return _nothing_to_prepare, lambda i: (roi_from_labels(take_slice(data, axis, i), value), None)
+
+    def _prompt_maker(self, layer, volume, axis):
+        from ..models import load_localizer
+
+        prompt, spec = self.prompt.text().strip(), self.localizer.spec()
+        if not prompt:
+            raise ValueError(f"type a text prompt; {self.class_hint.text()}")
+        sigma, thr = self.prompt_sigma.value(), self.prompt_threshold.value()
+        similar, phantom = self.allow_similar.isChecked(), layer_is_phantom(layer)
+        state = {}
+
+        def prepare(n):
+            loc = load_localizer(spec)
+            res = resolve(loc, prompt, similar)
+            state.update(loc=loc, cls=res.resolved)
+            warnings = phantom_warnings(phantom, localizer=loc)
+            if res.match == "similarity":
+                warnings.append(WorkerWarning(f"{res.describe()}; the match is by text similarity only"))
+            for w in warnings:
+                yield 0, n, w
+            return {**res.to_record(), "localizer": loc.name, "warnings": [str(w) for w in warnings]}
+
+        def make(i):
+            score = state["loc"].locate(take_slice(volume, axis, i), state["cls"])
+            return roi_from_map(score, sigma=sigma, threshold=thr), score
+        return prepare, make
+
+    def _segmenter_maker(self, layer, volume, axis):
+        from ..models import load_segmenter
+
+        spec, device, phantom = self.segmenter.spec(), self.segmenter.device_name(), layer_is_phantom(layer)
+        state = {}
+
+        def prepare(n):
+            state["seg"] = seg = load_segmenter(spec, device)
+            warnings = phantom_warnings(phantom, seg)
+            for w in warnings:
+                yield 0, n, w
+            return {"segmenter": seg.name, "warnings": [str(w) for w in warnings]}
+
+        def make(i):
+            box = self._box(layer, axis, i)
+            return state["seg"].segment(take_slice(volume, axis, i), box=box) > 0.5, None
+        return prepare, make
+
+    def _labels_source(self, volume):
         labels = self.labels.layer()
         if labels is None:
             raise ValueError("no labels layer: open a label volume or the phantom sample")
         if tuple(labels.data.shape[-3:]) != volume.shape:
-            raise ValueError(f"labels layer {labels.name!r} {labels.data.shape} does not match the image {volume.shape}")
+            raise ValueError(f"labels layer {labels.name!r} {labels.data.shape} does not match "
+                             f"the image {volume.shape}")
         value = self.label_value.currentData()
         if value is None:
             text = self.label_value.currentText().split(" ")[0]
             if not text.isdigit():
                 raise ValueError("choose a label value")
             value = int(text)
-        data = np.asarray(labels.data)
-        return lambda i: (roi_from_labels(take_slice(data, axis, i), value), None)
+        return np.asarray(labels.data), value
 
     def _box(self, layer, axis, index, allow_roi=True):
         box = box_from_shapes(self.viewer, layer, axis, index)
@@ -383,3 +525,21 @@ class RoiWidget(QWidget):
         px, mm2 = roi_area(roi, spacing)
         x0, y0, x1, y1 = roi_bbox(roi)
         self.info.setText(f"slice {index}: {px} px = {mm2:.0f} mm² · bounding box x {x0}–{x1}, y {y0}–{y1}")
+
+
+def _nothing_to_prepare(n):
+    """The ``prepare`` of sources without a model: no warnings, nothing to record."""
+    return {}
+    yield  # a generator function
+
+
+def resolve(localizer, prompt: str, allow_similar: bool):
+    """The localizer's class for ``prompt``; an unknown prompt is a ValueError naming the classes."""
+    try:
+        return localizer.resolve_prompt(prompt, allow_similar=allow_similar)
+    except ValueError:
+        classes = [c for c in getattr(localizer, "classes", ()) if c.lower() != "background"]
+        if not classes:
+            raise
+        raise ValueError(f"the localizer knows no class {prompt!r}; its classes: {', '.join(classes)}. "
+                         f"Type one of them, or tick '{SIMILAR_BOX}'") from None

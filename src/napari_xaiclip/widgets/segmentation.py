@@ -16,7 +16,9 @@ from ._common import (
     start_box_drawing,
     find_box,
     geometry_kwargs,
+    layer_is_phantom,
     notify_error,
+    phantom_warnings,
     replace_layer,
     slice_layer_kwargs,
     source_metadata,
@@ -37,6 +39,7 @@ class SegmentationWidget(QWidget):
         self.viewer = napari_viewer
         self.image = LayerChoice(napari_viewer, ("image",))
         self.model = SegmenterChoice()
+        self.model.bind_image(self.image)
         self.draw_box = QPushButton("Draw a box prompt")
         self.show_probs = QCheckBox("also show the probability map")
         self.run = RunPanel("Segment slice")
@@ -48,7 +51,9 @@ class SegmentationWidget(QWidget):
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.draw_box)
-        lay.addWidget(QLabel("Box: the last rectangle in 'box prompt' on this slice, else the ROI's bounding box."))
+        hint = QLabel("Box: the last rectangle in 'box prompt' on this slice, else the ROI's bounding box.")
+        hint.setWordWrap(True)
+        lay.addWidget(hint)
         lay.addWidget(self.show_probs)
         lay.addWidget(self.run)
         lay.addWidget(self.info)
@@ -72,26 +77,33 @@ class SegmentationWidget(QWidget):
             notify_error(str(exc))
             return
         plane = np.asarray(take_slice(volume, axis, index))
+        phantom = layer_is_phantom(layer)
 
         def work():
             yield 0, 1, None
             seg = load_segmenter(spec, device)
+            warnings = phantom_warnings(phantom, seg)
+            for w in warnings:
+                yield 0, 1, w
             probs = seg.segment(plane, box=box)
             yield 1, 1, None
-            return probs, seg.name
+            return probs, seg, [str(w) for w in warnings]
 
         def done(result):
-            probs, name = result
-            self._write(layer, axis, index, probs, box, spec)
+            probs, seg, warnings = result
+            self._write(layer, axis, index, probs, box, spec, seg, warnings)
             area = int((probs > 0.5).sum())
-            self.info.setText(f"slice {index}: {area} px segmented by {name} with the {origin} "
-                              f"({', '.join(f'{v:.0f}' for v in box)})")
+            self.info.setText(f"slice {index}: {area} px segmented by {seg.name} with the {origin} "
+                              f"({', '.join(f'{v:.0f}' for v in box)})"
+                              + ("\n⚠ phantom-trained model on a scan that is not the phantom" if warnings else ""))
             if area == 0:
                 notify_error("the segmentation is empty: check the box prompt")
 
         self.run.start(work, on_done=done, description="segmentation")
 
-    def _write(self, layer, axis, index, probs, box, spec):
+    def _write(self, layer, axis, index, probs, box, spec, seg, warnings):
+        from ..provenance import model_provenance
+
         shape = tuple(layer.data.shape[-3:])
         if SEGMENTATION_NAME in self.viewer.layers and self.viewer.layers[SEGMENTATION_NAME].data.shape == shape:
             seg_layer = self.viewer.layers[SEGMENTATION_NAME]
@@ -102,8 +114,11 @@ class SegmentationWidget(QWidget):
                                                metadata=source_metadata(layer), opacity=0.5,
                                                **geometry_kwargs(layer))
         put_slice(seg_layer.data, axis, index, (probs > 0.5).astype(np.uint8) * 2)
-        seg_layer.metadata.setdefault("xaiclip_boxes", {})[f"{axis}:{index}"] = [float(v) for v in box]
+        key = f"{axis}:{index}"
+        seg_layer.metadata.setdefault("xaiclip_boxes", {})[key] = [float(v) for v in box]
+        seg_layer.metadata.setdefault("xaiclip_warnings", {})[key] = list(warnings)
         seg_layer.metadata["xaiclip_model"] = spec
+        seg_layer.metadata["xaiclip_provenance"] = model_provenance(seg)
         seg_layer.refresh()
         if self.show_probs.isChecked():
             kw = slice_layer_kwargs(layer, axis, index)

@@ -3,7 +3,7 @@
 The same phantom cohort (occlusion, traditional and ROI-guided, ROI from the
 labels, no deletion/insertion curves) runs on a local cluster of 1 worker (torch
 using every core) and of 2 workers (cores // 2 torch threads each). Workers are
-started and warmed up (imports, default models loaded) before the clock starts,
+started and warmed up (imports, the phantom segmenter loaded) before the clock starts,
 so the numbers are steady-state throughput; the start-up time is reported apart.
 
 Run standalone (prints a markdown table)::
@@ -31,26 +31,26 @@ def make_cohort(folder: Path, n_cases: int, shape) -> Path:
     from napari_xaiclip.io import save_volume
     from napari_xaiclip.phantom import make_phantom
 
-    rows = ["case,volume,labels,organ,roi,methods,modes,seed,params,curves"]
+    rows = ["case,volume,labels,organ,roi,methods,modes,model,seed,params,curves"]
     for seed in range(n_cases):
         vol, labels, _ = make_phantom(shape=tuple(shape), seed=seed)
         save_volume(folder / f"ct{seed}.nii.gz", vol.data, like=vol)
         save_volume(folder / f"labels{seed}.nii.gz", labels, like=vol)
-        rows.append(f"case{seed},ct{seed}.nii.gz,labels{seed}.nii.gz,liver,labels,occlusion,both,{seed},{PARAMS},no")
+        rows.append(f"case{seed},ct{seed}.nii.gz,labels{seed}.nii.gz,liver,labels,occlusion,both,phantom,{seed},{PARAMS},no")
     manifest = folder / "manifest.csv"
     manifest.write_text("\n".join(rows) + "\n")
     return manifest
 
 
 def _warm_up(threads: int) -> int:
-    """Runs on each worker: import the engine and load the default segmenter."""
+    """Runs on each worker: import the engine and load the phantom segmenter (the cohort's model)."""
     import torch
 
     import napari_xaiclip.batch  # noqa: F401
     from napari_xaiclip.models import load_segmenter
 
     torch.set_num_threads(threads)
-    load_segmenter("default")
+    load_segmenter("phantom")
     return os.getpid()
 
 

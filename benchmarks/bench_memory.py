@@ -8,10 +8,10 @@ Probes
 ``volume``    a 400 x 512 x 512 float32 volume (400 MiB) written as an uncompressed
               .nii (and the same shape as int16, as CT usually is), read with
               ``io.load_volume``, then ROI-guided occlusion (patch 32,
-              small ROI) with the default segmenter on an axial, a coronal and a
-              sagittal slice. Reports the baseline RSS (torch imported, default model
+              small ROI) with the phantom segmenter on an axial, a coronal and a
+              sagittal slice. Reports the baseline RSS (torch imported, phantom model
               loaded) and the peak RSS while loading and explaining.
-``loop``      100 ROI-guided occlusions (patch 32) in a row with the default segmenter
+``loop``      100 ROI-guided occlusions (patch 32) in a row with the phantom segmenter
               on a 256 x 256 phantom slice; RSS after every explanation.
 ``pipeline``  30 ``pipeline.explain_slice`` runs (occlusion, ROI mode, deletion and
               insertion curves on) on the same slice; RSS after every run.
@@ -121,7 +121,7 @@ def probe_volume(path: str) -> dict:
     from napari_xaiclip.models import load_segmenter
     from napari_xaiclip.slicing import take_slice
 
-    seg = load_segmenter("default")
+    seg = load_segmenter("phantom")
     _ = seg.gflops  # the FLOP count is part of loading: every explanation reports it
     baseline = rss_mb()
     reset_peak()
@@ -183,7 +183,7 @@ def probe_loop(n: int = 100) -> dict:
     from napari_xaiclip.explain import explain
     from napari_xaiclip.models import load_segmenter
 
-    seg = load_segmenter("default")
+    seg = load_segmenter("phantom")
     image, roi, box = _phantom_case()
     baseline = rss_mb()
     rss, t0 = [], time.perf_counter()
@@ -203,7 +203,7 @@ def probe_pipeline(n: int = 30) -> dict:
     from napari_xaiclip.models import load_segmenter
     from napari_xaiclip.pipeline import explain_slice
 
-    seg = load_segmenter("default")
+    seg = load_segmenter("phantom")
     image, roi, box = _phantom_case()
     baseline = rss_mb()
     rss, t0 = [], time.perf_counter()
@@ -264,7 +264,7 @@ def markdown(results: dict) -> str:
         rows += [
             (f"512 x 512 x 400 volume, {v['file_dtype']} .nii ({v['file_mb']:.0f} MiB file)",
              "volume size in memory (float32)", f"{v['volume_mb']:.0f} MiB"),
-            ("", "baseline RSS (torch + default model)", f"{v['baseline_mb']:.0f} MiB"),
+            ("", "baseline RSS (torch + phantom model)", f"{v['baseline_mb']:.0f} MiB"),
             ("", "RSS after load_volume, over baseline", f"{v['resident_volume_mb']:.0f} MiB"),
             ("", "peak RSS while loading, over baseline", f"{v['peak_load_mb'] - v['baseline_mb']:.0f} MiB"),
             ("", "peak RSS loading + 3 explanations, over baseline",

@@ -1,10 +1,11 @@
-"""`make bench`: measure explainers on phantom CT slices with the default models, in one run,
-and write docs/benchmarks.md (tables) plus benchmarks/results.json (raw numbers).
+"""`make bench`: measure explainers on phantom CT slices with the phantom-trained models, and the default
+segmenter LiteMedSAM in its own section, in one run, and write docs/benchmarks.md (tables) plus benchmarks/results.json (raw numbers).
 
 Sections: models; Table III analog (traditional vs ROI-guided occlusion, LIME, RISE);
 engine vs a one-patch-per-forward loop vs Captum's Occlusion vs the pure batched forward;
 adaptive vs dense ROI-guided occlusion; RISE memory at N = 2000 for a 1024 px input;
-model-randomisation check; ExplainSeg variants; causal vs SegX vs occlusion; batch throughput.
+model-randomisation check; ExplainSeg variants; causal vs SegX vs occlusion; batch throughput; memory;
+LiteMedSAM (Dice on the phantom and a real CT slice, traditional vs ROI-guided occlusion).
 
 Usage: python benchmarks/run.py [--out docs/benchmarks.md] [--quick] [--only SECTION ...]
 """
@@ -51,8 +52,8 @@ def section_models(ctx):
     rows = [r for r in list_models() if "gflops" in r]
     ctx["results"]["models"] = rows
     md = ["## Models", "",
-          markdown_table(rows, ["kind", "spec", "input_size", "parameters", "gflops"],
-                         ["kind", "spec", "input px", "parameters", "GFLOPs / forward"]), ""]
+          markdown_table(rows, ["kind", "spec", "description", "input_size", "parameters", "gflops"],
+                         ["kind", "spec", "model", "input px", "parameters", "GFLOPs / forward"]), ""]
     return md
 
 
@@ -331,10 +332,17 @@ def section_memory(ctx):
     return ["## Memory", "", bench_memory.markdown(results), ""]
 
 
+def section_litemedsam(ctx):
+    """LiteMedSAM: Dice (phantom, real CT) and traditional vs ROI-guided occlusion (benchmarks/bench_litemedsam.py)."""
+    import bench_litemedsam
+
+    return bench_litemedsam.run(ctx, _localize)
+
+
 SECTIONS = {"models": section_models, "table3": section_table3, "engine": section_engine,
             "adaptive": section_adaptive, "rise_memory": section_rise_memory,
             "randomisation": section_randomisation, "companions": section_companions, "batch": section_batch,
-            "memory": section_memory}
+            "memory": section_memory, "litemedsam": section_litemedsam}
 
 
 def machine() -> str:
@@ -367,11 +375,13 @@ def main(argv=None) -> int:
     from napari_xaiclip.models import load_localizer, load_segmenter
 
     t0 = time.time()
-    ctx = {"quick": args.quick, "results": {}, "seg": load_segmenter("default", device="cpu"),
+    ctx = {"quick": args.quick, "results": {}, "seg": load_segmenter("phantom", device="cpu"),
            "loc": load_localizer("default", device="cpu"), "cases": load_cases(args.quick)}
     md = ["# Benchmarks", "",
           f"Measured by `make bench` on {time.strftime('%Y-%m-%d')} on {machine()}, all tables in one run. "
-          "Models: the shipped phantom-trained demo models (tiny SAM segmenter, tiny-CLIP localizer). "
+          "Models: the shipped phantom-trained demo models (segmenter spec `phantom`, the tiny SAM; tiny-CLIP "
+          "localizer) in every section but the last; the LiteMedSAM section measures the default segmenter, "
+          "LiteMedSAM (spec `default`), beside the tiny SAM. "
           "No GPU was available in this run; GPU numbers are not claimed here.", ""]
     for name, fn in SECTIONS.items():
         if args.only and name not in args.only:

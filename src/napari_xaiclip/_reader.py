@@ -1,31 +1,40 @@
-"""napari reader hook: NIfTI (.nii, .nii.gz) as an image layer, or a labels layer for label files.
+"""napari reader hook: NIfTI (.nii, .nii.gz), DICOM (a .dcm file or a series folder), NRRD
+(.nrrd, .nhdr) and MetaImage (.mha, .mhd) as an image layer, or a labels layer for label files.
 
 The layer gets ``scale`` = voxel spacing, a ``translate`` that puts world
 coordinates in RAS millimetres (rotated into the display axes), and the
 source geometry in ``metadata`` so the writer can save derived layers back
-onto the source file.
+onto the source file (as NIfTI, whatever the source format).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-from .io import is_nifti_path, layer_geometry, load_volume
+from .io import is_scan_path, layer_geometry, load_volume
 
-__all__ = ["get_reader", "read_nifti"]
+__all__ = ["get_reader", "read_nifti", "read_volume"]
 
 LABEL_HINTS = ("label", "labels", "seg", "mask", "gt", "annotation")
+NAME_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".dicom", ".ima", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def get_reader(path):
-    """Return :func:`read_nifti` for one NIfTI path, else ``None`` (not ours)."""
+    """Return :func:`read_volume` for one scan file (or a folder holding DICOM), else ``None`` (not ours)."""
     if isinstance(path, list):
         if len(path) != 1:
             return None
         path = path[0]
-    return read_nifti if is_nifti_path(path) else None
+    if is_scan_path(path):
+        return read_volume
+    if os.path.isdir(path):
+        from .io_itk import folder_has_dicom
+
+        return read_volume if folder_has_dicom(path) else None
+    return None
 
 
 def looks_like_labels(path: str, data: np.ndarray) -> bool:
@@ -38,16 +47,17 @@ def looks_like_labels(path: str, data: np.ndarray) -> bool:
     return np.unique(data[:: max(1, data.shape[0] // 8)]).size <= 256
 
 
-def read_nifti(path):
-    """Layer data tuples for a NIfTI file (raises ValueError with the reason for bad files)."""
+def read_volume(path):
+    """Layer data tuples for a scan (raises ValueError with the reason for bad files)."""
     if isinstance(path, list):
         path = path[0]
     vol = load_volume(path)
     geometry = layer_geometry(vol)
     name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
+    for suffix in NAME_SUFFIXES:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
+            break
     if looks_like_labels(str(path), vol.data):
         return [(np.rint(vol.data).astype(np.int32), {"name": name, **geometry}, "labels")]
     kwargs = {"name": name, "colormap": "gray", **geometry}
@@ -57,3 +67,7 @@ def read_nifti(path):
     elif hi > lo:
         kwargs["contrast_limits"] = (lo, hi)
     return [(vol.data, kwargs, "image")]
+
+
+#: Former name, kept for callers of the NIfTI-only reader.
+read_nifti = read_volume

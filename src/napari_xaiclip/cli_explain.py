@@ -31,7 +31,9 @@ def parse_params(items) -> dict:
 
 def add_case_arguments(p, slice_required: bool = False) -> None:
     """Arguments shared by ``explain`` and ``components``."""
-    p.add_argument("volume", help="NIfTI volume (.nii / .nii.gz)")
+    p.add_argument("volume", help="scan: NIfTI (.nii / .nii.gz), DICOM file or series folder, NRRD (.nrrd / .nhdr) "
+                                  "or MetaImage (.mha / .mhd)")
+    p.add_argument("--series", metavar="UID", help="SeriesInstanceUID to load from a folder holding several DICOM series")
     where = p.add_mutually_exclusive_group(required=slice_required)
     where.add_argument("--slice", type=int, help="slice index along --axis (default: the organ's largest slice)")
     where.add_argument("--slices", help="range A:B of slices (B excluded)")
@@ -124,7 +126,7 @@ def case_from_args(args, **extra):
     return Case(volume=args.volume, slices=slices, axis=args.axis, box=tuple(args.box) if args.box else None,
                 labels=args.labels, organ=args.organ, label_names=args.label_names,
                 labels_threshold=args.labels_threshold, model=args.model, preprocess=args.preprocess,
-                seed=args.seed, box_margin=args.box_margin, **extra)
+                seed=args.seed, box_margin=args.box_margin, series=getattr(args, "series", None), **extra)
 
 
 def cmd_explain(args) -> int:

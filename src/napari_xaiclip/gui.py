@@ -98,8 +98,8 @@ def launch(volume: str | None = None, labels: str | None = None, modality: str =
     from .widgets._guard import keep_triton_out
 
     keep_triton_out()
-    if volume is not None and not Path(volume).is_file():
-        raise ValueError(f"{volume}: no such file")
+    if volume is not None and not Path(volume).exists():
+        raise ValueError(f"{volume}: no such file or folder")
     viewer = viewer or napari.Viewer(title="napari-xaiclip")
     layer = open_volume(viewer, volume, labels, modality)
     widgets = dock_widgets(viewer)

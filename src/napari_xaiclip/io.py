@@ -1,4 +1,8 @@
-"""NIfTI volumes in napari's axis order, with the source geometry kept for saving.
+"""Scan volumes in napari's axis order, with the source geometry kept for saving.
+
+NIfTI is read with nibabel; DICOM (a file or a folder holding a series), NRRD
+(.nrrd/.nhdr) and MetaImage (.mha/.mhd) with SimpleITK (:mod:`napari_xaiclip.io_itk`),
+then reoriented by the same code, so outputs are always NIfTI in the source's grid.
 
 A :class:`Volume` holds the voxels reoriented for display in the radiological
 convention: axis 0 runs inferior to superior (axial slices), axis 1 anterior to
@@ -38,6 +42,7 @@ __all__ = [
     "Volume",
     "display_affine",
     "is_nifti_path",
+    "is_scan_path",
     "is_phantom_description",
     "load_volume",
     "save_volume",
@@ -148,13 +153,30 @@ def is_nifti_path(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def is_scan_path(path: str | os.PathLike) -> bool:
+    """A name :func:`load_volume` reads: NIfTI, DICOM (.dcm), NRRD (.nrrd/.nhdr) or MetaImage (.mha/.mhd)."""
+    from .io_itk import is_itk_path
+
+    return is_nifti_path(path) or is_itk_path(path)
+
+
+def _read_with_itk(path: Path) -> bool:
+    """Whether ``path`` goes to SimpleITK: a folder, a DICOM/NRRD/MetaImage name, or a file with a DICOM preamble."""
+    from .io_itk import is_itk_path, looks_like_dicom_file
+
+    if not path.exists() or is_nifti_path(path):
+        return path.is_dir()
+    return path.is_dir() or is_itk_path(path) or looks_like_dicom_file(path)
+
+
 def _check_readable(path: Path) -> None:
     if not path.exists():
         raise ValueError(f"{path}: no such file")
     if path.is_dir():
         raise ValueError(f"{path}: is a directory, expected a NIfTI file")
     if not is_nifti_path(path):
-        raise ValueError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
+        raise ValueError(f"{path}: not a NIfTI file (expected .nii or .nii.gz; "
+                         "or DICOM, NRRD .nrrd/.nhdr, MetaImage .mha/.mhd)")
 
 
 def _load_image(path: Path):
@@ -226,14 +248,19 @@ def _is_time_axis(img) -> bool:
     return intent in ("none", "time series", "")
 
 
-def load_volume(path: str | os.PathLike) -> Volume:
-    """Read a NIfTI file (.nii/.nii.gz) into a :class:`Volume` in display orientation.
+def load_volume(path: str | os.PathLike, series: str | None = None) -> Volume:
+    """Read a scan into a :class:`Volume` in display orientation.
 
     Parameters
     ----------
     path : str or PathLike
-        A 2D, 3D or 4D NIfTI file. 2D files become one slice; 4D files with a
-        time axis give their first volume (with a warning).
+        A 2D, 3D or 4D NIfTI file (2D files become one slice; 4D files with a
+        time axis give their first volume, with a warning); a DICOM file; a
+        folder holding a DICOM series; an NRRD (.nrrd/.nhdr) or MetaImage
+        (.mha/.mhd) file. DICOM CT is in HU (RescaleSlope/Intercept applied) and
+        ``description`` starts with ``"DICOM <Modality>"``.
+    series : SeriesInstanceUID of the series to load from a folder holding several
+        (the error for such a folder lists them).
 
     Returns
     -------
@@ -245,15 +272,20 @@ def load_volume(path: str | os.PathLike) -> Volume:
     ValueError
         Missing, non-NIfTI, corrupt or unsupported files, with the reason.
     """
-    from nibabel import orientations as ornt
-
     path = Path(path)
+    if _read_with_itk(path):
+        from .io_itk import read_itk
+
+        raw = read_itk(path, series=series, max_voxels=MAX_VOXELS)
+        _check_affine(raw.affine, path)
+        return _to_display(raw.data, raw.affine, path, None, raw.description)
+    if series is not None:
+        raise ValueError(f"{path}: series= chooses a series in a DICOM folder; this is not one")
     _check_readable(path)
     img = _load_image(path)
     index = _reduce_to_3d(img, path)
     affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise ValueError(f"{path}: the voxel-to-world affine is not invertible:\n{affine}")
+    _check_affine(affine, path)
     try:
         data = np.asarray(img.dataobj[index], dtype=np.float32)
     except Exception as exc:
@@ -261,13 +293,25 @@ def load_volume(path: str | os.PathLike) -> Volume:
                          "the file may be truncated") from None
     if data.ndim == 2:
         data = data[:, :, None]
+    header = img.header.copy()
+    return _to_display(data, affine, path, header, _descrip(header))
+
+
+def _check_affine(affine: np.ndarray, path: Path) -> None:
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError(f"{path}: the voxel-to-world affine is not invertible:\n{affine}")
+
+
+def _to_display(data: np.ndarray, affine: np.ndarray, path: Path, header, description: str) -> Volume:
+    """Voxels in the file's own axis order plus its RAS affine -> a Volume in display order."""
+    from nibabel import orientations as ornt
+
     src_ornt = ornt.io_orientation(affine)
     transform = ornt.ornt_transform(src_ornt, ornt.axcodes2ornt(DISPLAY_AXCODES))
     display = np.ascontiguousarray(ornt.apply_orientation(data, transform), dtype=np.float32)
     display_affine = affine @ ornt.inv_ornt_aff(transform, data.shape)
-    header = img.header.copy()
     return Volume(display, display_affine, affine, tuple(data.shape), transform, header, str(path),
-                  description=_descrip(header))
+                  description=description)
 
 
 def _descrip(header) -> str:

@@ -68,6 +68,7 @@ class Case:
     roi_margin: int | None = None
     curves: bool = True
     name: str = ""
+    series: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,11 +124,9 @@ def prepare_case(case: Case) -> PreparedCase:
         raise ValueError(f"--prompt-match must be exact or similar, got {case.prompt_match!r}")
     if "roi" in modes and case.roi == "none":
         raise ValueError("ROI-guided mode needs an ROI: use --roi localizer (with --prompt) or --roi labels")
-    if Path(case.volume).is_dir():
-        raise ValueError(f"{case.volume}: is a directory, expected a NIfTI file")
-    if not Path(case.volume).is_file():
+    if not Path(case.volume).exists():
         raise ValueError(f"{case.volume}: no such file")
-    vol = load_volume(case.volume)
+    vol = load_volume(case.volume, series=case.series)  # a folder that is no DICOM series is refused there
     labels, value = _load_labels(case, vol.data.shape) if case.labels else (None, None)
     if not case.labels:
         for what, given in (("--organ", case.organ), ("--label-names", case.label_names),

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import is_nifti_path
+from .io import is_scan_path
 from .jobs import ROI_SOURCES, Case, organ_value, parse_slices
 from .pipeline import expand_modes
 
@@ -199,10 +199,12 @@ def _precheck(case: Case) -> str | None:
     from .labels import label_table
 
     for what, p in (("volume", case.volume), ("labels", case.labels)):
-        if p is not None and not Path(p).is_file():
+        if p is None:
+            continue
+        if not Path(p).exists():
             return f"{what} {p}: no such file"
-        if p is not None and not is_nifti_path(p):
-            return f"{what} {p}: not a NIfTI file (expected .nii or .nii.gz)"
+        if Path(p).is_file() and not is_scan_path(p):
+            return f"{what} {p}: not a volume file (expected NIfTI .nii/.nii.gz, DICOM, NRRD or MetaImage)"
     if case.label_names is not None and not Path(case.label_names).is_file():
         return f"label_names {case.label_names}: no such file"
     if (case.labels is None) != (case.organ is None):

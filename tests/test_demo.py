@@ -125,3 +125,25 @@ def test_demo_bad_slice_is_an_input_error(small_demo, slice_index, message, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.litemedsam
+def test_demo_runs_with_litemedsam(small_demo, monkeypatch, tmp_path, capsys):
+    """`xaiclip demo --model litemedsam`: the real model, said so in the banner, the report and the records."""
+    monkeypatch.setattr(demo_mod, "METHODS", ("occlusion",))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--fast", "--model", "litemedsam"]) == 0
+    stdout = capsys.readouterr().out
+    assert "segmenter litemedsam, phantom-trained localizer" in stdout and "phantom-trained demo models" not in stdout
+    assert "LiteMedSAM, a real medical model" in (out / "report.md").read_text()
+    records = json.loads((out / "metrics.json").read_text())
+    assert {r["segmenter"] for r in records} == {"litemedsam"}
+    assert all("MedSAM" in r["segmenter_trained_on"] for r in records)
+
+
+def test_demo_says_it_uses_the_phantom_models(small_demo, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(demo_mod, "METHODS", ("occlusion",))
+    assert main(["demo", "--out", str(tmp_path / "d"), "--fast"]) == 0
+    assert "phantom-trained demo models (for speed; real scans: the default LiteMedSAM)" in capsys.readouterr().out
+    records = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert {r["segmenter"] for r in records} == {"phantom"} and all(r["warnings"] == [] for r in records)

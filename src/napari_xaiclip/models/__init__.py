@@ -92,7 +92,7 @@ def _load_segmenter(spec: str, device: str) -> Segmenter:
     if spec in ("default", "litemedsam"):
         from .litemedsam import load_litemedsam
 
-        return load_litemedsam(device=device, name=spec)
+        return load_litemedsam(device=device, name="litemedsam")   # records name the model, not "default"
     if kind == "litemedsam" and rest:
         from .litemedsam import load_litemedsam
 

@@ -24,6 +24,13 @@ def _cpu_only(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _own_session_folder(tmp_path_factory, monkeypatch):
+    """Autosave writes into a fresh folder per test: a session saved by an earlier test (or run)
+    of a same-named, same-shaped volume must not be restored into this one."""
+    monkeypatch.setenv("XAICLIP_SESSION_DIR", str(tmp_path_factory.mktemp("sessions")))
+
+
+@pytest.fixture(autouse=True)
 def _real_model_only_when_marked(request, monkeypatch):
     """LiteMedSAM (about 2 s per forward here) runs only in tests marked ``litemedsam``;
     the others name the phantom model, so a slow default cannot creep into the suite."""

@@ -24,6 +24,17 @@ def _cpu_only(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test(request):
+    """A GUI test's cancelled or detached workers finish before the next test starts: a Captum
+    hook or a running explanation on a shared cached model must not reach another test's run."""
+    yield
+    if request.node.get_closest_marker("gui"):
+        from qtpy.QtCore import QThreadPool
+
+        QThreadPool.globalInstance().waitForDone(300_000)
+
+
+@pytest.fixture(autouse=True)
 def _own_session_folder(tmp_path_factory, monkeypatch):
     """Autosave writes into a fresh folder per test: a session saved by an earlier test (or run)
     of a same-named, same-shaped volume must not be restored into this one."""

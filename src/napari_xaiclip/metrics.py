@@ -1,4 +1,4 @@
-"""Metrics of masks and heatmaps (DESIGN.md section 2.5).
+"""Metrics of masks and heatmaps (docs/methods.md).
 
 Overlap (Dice, IoU), AUC-ROC of a heatmap against a mask, the energy-based
 pointing game, deletion and insertion AUC with the segmentation target, rank

@@ -1,4 +1,4 @@
-"""PdCR causal effects of image blocks (DESIGN.md 2.4, issue 7 item 2).
+"""PdCR causal effects of image blocks (docs/methods.md).
 
 The model input is cut into non-overlapping square blocks (``block`` pixels,
 8 at a 256 px input by default, scaled with the input side). Only blocks

@@ -1,4 +1,4 @@
-"""ExplainSeg ("No Masks Needed"): masks from relevance maps (DESIGN.md 2.4).
+"""ExplainSeg ("No Masks Needed"): masks from relevance maps (docs/methods.md).
 
 Pure numpy / scikit-image (torch only in :func:`encoder_feature_map`). Every
 mask function returns an (H, W) bool array; degenerate relevance (constant,

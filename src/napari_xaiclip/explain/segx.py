@@ -1,4 +1,4 @@
-"""SegX maps and the SegU uncertainty score over any base explainer (DESIGN.md 2.4).
+"""SegX maps and the SegU uncertainty score over any base explainer (docs/methods.md).
 
 * **SegX** = explanation x baseline segmentation mask (zero outside the mask).
 * **display** = the top ``top_percent`` % of the mask's pixels by SegX value, the

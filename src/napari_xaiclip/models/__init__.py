@@ -197,7 +197,7 @@ def _load_localizer(spec: str, device: str) -> Localizer:
 
     if spec in ("default", "phantom"):
         loc = load_trained_localizer(DEFAULT_LOCALIZER, device, name=spec)
-        loc.card = {**loc.card, "trained_on": PHANTOM_TRAINED_ON, "phantom_trained": True}
+        loc.card = {**(loc.card or {}), "trained_on": PHANTOM_TRAINED_ON, "phantom_trained": True}
         return loc
     if spec.startswith("clip:"):
         from .clip import ZeroShotLocalizer, create_clip
@@ -252,7 +252,7 @@ def list_models() -> list[dict]:
     try:
         loc = load_localizer("default", device="cpu")
         row.update(input_size=loc.bundle.image_size, gflops=round(localizer_gflops(loc), 3),
-                   classes=list(loc.classes), description=loc.description, trained_on=loc.card.get("trained_on"),
+                   classes=list(loc.classes), description=loc.description, trained_on=(loc.card or {}).get("trained_on"),
                    licence="BSD-3-Clause (this project)")
     except ValueError as exc:
         row.update(error=str(exc))

@@ -244,7 +244,7 @@ class Localizer:
     name: str = "localizer"
     classes: tuple[str, ...] = ()
     description: str = ""
-    card: dict = {}
+    card: dict | None = None   # model card (trained_on, licence, ...); set per instance, never shared
 
     def locate(self, slice2d: np.ndarray, prompt: str, allow_similar: bool = False) -> np.ndarray:
         raise NotImplementedError

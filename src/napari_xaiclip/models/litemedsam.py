@@ -96,13 +96,6 @@ def build_network():
         return build()
 
 
-def read_state(path: Path) -> dict:
-    """A LiteMedSAM state dict from a plain state dict or a ``{"model": ...}`` training checkpoint."""
-    from .sam import load_sam_state_dict
-
-    return load_sam_state_dict(path)
-
-
 class LiteMedSamSegmenter(SamSegmenter):
     """LiteMedSAM behind the segmenter protocol (256 px, resize longest side and pad, [0, 1] input)."""
 
@@ -121,7 +114,7 @@ def load_litemedsam(path: str | Path | None = None, device="auto", name: str | N
     ValueError
         Missing package or file, a bundled file that fails the check, or weights that do not fit.
     """
-    from .sam import load_into
+    from .sam import load_into, load_sam_state_dict   # plain state dict or {"model": ...}
 
     if path is None:
         ckpt = bundled_checkpoint()
@@ -132,6 +125,6 @@ def load_litemedsam(path: str | Path | None = None, device="auto", name: str | N
         card = {**LITEMEDSAM_CARD, "source": f"user checkpoint {ckpt}", "sha256": None,
                 "trained_on": "fine-tuned by the user from LiteMedSAM (see your own records)"}
     network = build_network()
-    load_into(network, read_state(ckpt), f"LiteMedSAM checkpoint {ckpt}")
+    load_into(network, load_sam_state_dict(ckpt), f"LiteMedSAM checkpoint {ckpt}")
     return LiteMedSamSegmenter(network.eval(), name=name or ("litemedsam" if path is None else f"litemedsam:{path}"),
                                device=device, card=card)

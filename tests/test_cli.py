@@ -38,11 +38,11 @@ def _write_oblique(folder: Path, orientation: str):
     """Phantom CT and labels written with nibabel in an oblique, anisotropic file geometry.
 
     "LPS": file axes (i, j, k) run to the patient's left, posterior, superior (the display
-    array transposed); "RAS": right, anterior, superior (transposed and flipped in-plane).
+    array transposed and flipped along z); "RAS": right, anterior, superior (and flipped in-plane).
     """
     vol, labels, _ = make_phantom(shape=SHAPE, seed=1)
-    def to_file(display):  # display (z: S, y: P, x: L) -> file (i, j, k)
-        arr = np.transpose(display, (2, 1, 0))
+    def to_file(display):  # display (z: I, y: P, x: L) -> file (i, j, k)
+        arr = np.transpose(display, (2, 1, 0))[:, :, ::-1]
         return arr if orientation == "LPS" else arr[::-1, ::-1, :]
     signs = np.array([-1.0, -1.0, 1.0]) if orientation == "LPS" else np.array([1.0, 1.0, 1.0])
     affine = np.eye(4)
@@ -61,8 +61,8 @@ def _write_oblique(folder: Path, orientation: str):
 def _file_axis_of_display_z(affine):
     """(file axis, flipped) holding the display's axial index, from nibabel.orientations alone."""
     io = ornt.io_orientation(affine)  # per file axis: (RAS axis, direction)
-    axis = int(np.nonzero(io[:, 0] == 2)[0][0])  # RAS axis 2 = S = display axis 0
-    return axis, io[axis, 1] < 0
+    axis = int(np.nonzero(io[:, 0] == 2)[0][0])  # RAS axis 2 (S); display axis 0 runs to I
+    return axis, io[axis, 1] > 0
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,7 @@ def test_demo_roi_from_the_localizer_or_the_liver_label(empty, monkeypatch, tmp_
     assert f"{result['seconds']:.1f} s" in report
 
 
-@pytest.mark.parametrize("slice_index, message", [(99, "slice 99 is outside"), (0, "the liver is not on slice 0")])
+@pytest.mark.parametrize("slice_index, message", [(99, "slice 99 is outside"), (7, "the liver is not on slice 7")])
 def test_demo_bad_slice_is_an_input_error(small_demo, slice_index, message, tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--slice", str(slice_index)]) == 2

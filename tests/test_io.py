@@ -25,7 +25,7 @@ from napari_xaiclip.io import (
     volume_from_layer_metadata,
 )
 
-DISPLAY = ("S", "P", "L")
+DISPLAY = ("I", "P", "L")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -463,7 +463,7 @@ def test_volume_translate_of_loaded_axis_aligned_lps_file(tmp_path):
     values = vol.data[tuple(idx.astype(int).T)]
     src = np.array(np.unravel_index(values.astype(np.int64) - 1, SHAPE)).T
     ras = _homog(src) @ lps.T
-    expected = np.c_[ras[:, 2], -ras[:, 1], -ras[:, 0]]
+    expected = np.c_[-ras[:, 2], -ras[:, 1], -ras[:, 0]]
     got = idx * np.array(vol.spacing) + np.array(vol.translate)
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
@@ -551,9 +551,9 @@ def test_volume_from_layer_metadata_without_geometry_save_load_round_trip(tmp_pa
 
 
 def test_in_memory_display_oriented_volume_round_trips(tmp_path):
-    # an affine in display orientation (z -> S, y -> P, x -> L), as the phantom builds
+    # an affine in display orientation (z -> I, y -> P, x -> L), as the phantom builds
     affine = np.array([[0.0, 0.0, -0.8, 12.0], [0.0, -0.9, 0.0, 34.0],
-                       [2.5, 0.0, 0.0, -56.0], [0.0, 0.0, 0.0, 1.0]])
+                       [-2.5, 0.0, 0.0, -56.0], [0.0, 0.0, 0.0, 1.0]])
     data = _distinct((3, 4, 5))
     vol = Volume(data, affine)
     save_volume(tmp_path / "a.nii.gz", data, like=vol)

@@ -143,9 +143,9 @@ def test_dicom_series_puts_every_voxel_at_its_world_position_in_hu(tmp_path, ori
     assert vol.description == "DICOM CT test series"
     assert vol.header is None and vol.source_shape == (5, 3, 4)  # ITK index order (columns, rows, slices)
     assert_lands(vol.data, vol.affine, worlds, values)
-    # display order: axis 0 inferior -> superior, axis 1 anterior -> posterior, axis 2 right -> left
+    # display order: axis 0 superior -> inferior, axis 1 anterior -> posterior, axis 2 right -> left
     directions = vol.affine[:3, :3]
-    assert directions[2, 0] > 0 and directions[1, 1] < 0 and directions[0, 2] < 0
+    assert directions[2, 0] < 0 and directions[1, 1] < 0 and directions[0, 2] < 0
     if orientation != "oblique":
         assert vol.spacing == pytest.approx((2.5, 0.7, 0.9))
 

@@ -145,14 +145,14 @@ def test_organs_change_along_z(ct):
     assert len(np.unique(liver_area)) >= 5
     assert liver_area.min() == 0 < liver_area.max()  # the liver starts somewhere in the volume
     z = np.arange(SMALL[0])[:, None, None]
-    # axis 0 runs inferior to superior: the kidneys lie below the liver
+    # axis 0 runs superior to inferior: the kidneys lie below the liver (higher indices)
     kidneys = np.isin(labels, (2, 13))
-    assert (z * kidneys).sum() / kidneys.sum() < (z * (labels == 1)).sum() / (labels == 1).sum()
+    assert (z * kidneys).sum() / kidneys.sum() > (z * (labels == 1)).sum() / (labels == 1).sum()
 
 
 def test_geometry_is_display_oriented_and_covers_the_documented_field(ct):
     vol, _, _ = ct
-    assert aff2axcodes(vol.affine) == ("S", "P", "L")
+    assert aff2axcodes(vol.affine) == ("I", "P", "L")
     nz, ny, nx = SMALL
     assert vol.spacing == pytest.approx((240.0 / nz, 360.0 / ny, 360.0 / nx))
     centre = vol.affine @ np.append((np.array(SMALL) - 1) / 2, 1.0)

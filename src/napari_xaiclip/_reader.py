@@ -47,11 +47,26 @@ def looks_like_labels(path: str, data: np.ndarray) -> bool:
     return np.unique(data[:: max(1, data.shape[0] // 8)]).size <= 256
 
 
+def _load_asking_for_series(path):
+    """load_volume, asking which series to open when a DICOM folder holds several (in napari)."""
+    from .io_itk import SeveralSeries
+
+    try:
+        return load_volume(path)
+    except SeveralSeries as several:
+        from .widgets.series_dialog import ask_series
+
+        uid = ask_series(several)
+        if uid is None:
+            raise
+        return load_volume(path, series=uid)
+
+
 def read_volume(path):
     """Layer data tuples for a scan (raises ValueError with the reason for bad files)."""
     if isinstance(path, list):
         path = path[0]
-    vol = load_volume(path)
+    vol = _load_asking_for_series(path)
     geometry = layer_geometry(vol)
     name = Path(path).name
     for suffix in NAME_SUFFIXES:

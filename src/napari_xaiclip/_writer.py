@@ -4,14 +4,17 @@ A layer read by this plugin (or derived from one) carries its source geometry
 in ``metadata["xaiclip_geometry"]``. One-slice layers (heatmaps, slice ROIs)
 carry ``metadata["xaiclip_slice"] = {"axis", "index"}`` and are written as a
 full volume that is zero outside their slice, so they overlay the scan in
-3D Slicer or ITK-SNAP.
+3D Slicer or ITK-SNAP. Layers from other readers are written in the geometry
+their napari transform implies (:mod:`napari_xaiclip.layer_geometry`); a layer
+whose geometry is unknown is refused rather than written at the scanner origin.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .io import is_nifti_path, save_volume, volume_from_layer_metadata
+from .io import Volume, is_nifti_path, save_volume, volume_from_layer_metadata
+from .layer_geometry import GeometryUnknown, layer_ras_affine
 from .slicing import put_slice
 
 __all__ = ["layer_to_volume_array", "write_image", "write_labels"]
@@ -34,8 +37,23 @@ def layer_to_volume_array(data, meta: dict):
         for k in range(data.shape[axis]):
             put_slice(full, axis, start + k, np.take(data, k, axis=axis))
         data = full
-    vol = volume_from_layer_metadata(data, metadata, meta.get("scale"), meta.get("translate"))
-    return data, vol
+    if geometry is None:
+        return data, Volume(data, _foreign_affine(meta))
+    if geometry.get("affine") is None:  # derived from a layer of unknown geometry
+        _foreign_affine({"name": meta.get("name")})
+    return data, volume_from_layer_metadata(data, metadata)
+
+
+def _foreign_affine(meta: dict) -> np.ndarray:
+    affine = layer_ras_affine(meta.get("scale"), meta.get("translate"), meta.get("rotate"),
+                              meta.get("shear"), meta.get("affine"))
+    if affine is None:
+        name = meta.get("name") or "this layer"
+        raise GeometryUnknown(
+            f"{name!r} has no patient geometry (identity transform, not opened from a scan file): "
+            "written as is it would not line up with any scan. Save it from a layer opened from the "
+            "scan, or give the layer the scan's scale/translate or affine first")
+    return affine
 
 
 def _write(path: str, data, meta: dict, labels: bool) -> list[str]:

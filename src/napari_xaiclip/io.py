@@ -5,9 +5,11 @@ NIfTI is read with nibabel; DICOM (a file or a folder holding a series), NRRD
 then reoriented by the same code, so outputs are always NIfTI in the source's grid.
 
 A :class:`Volume` holds the voxels reoriented for display in the radiological
-convention: axis 0 runs inferior to superior (axial slices), axis 1 anterior to
-posterior (rows: anterior at the top), axis 2 patient right to left (columns:
-the patient's right on the screen's left). ``vol.affine`` maps those (z, y, x)
+convention, so that array rows run down the screen in every view: axis 0 runs
+superior to inferior (axial slices; superior at the top of coronal and sagittal
+views), axis 1 anterior to posterior (rows of an axial slice: anterior at the top;
+columns of a sagittal slice: anterior on the left), axis 2 patient right to left
+(columns of axial and coronal slices: the patient's right on the screen's left). ``vol.affine`` maps those (z, y, x)
 voxel indices to RAS millimetres exactly, oblique files included, and
 :func:`save_volume` undoes the reorientation so that a derived array lands
 voxel for voxel on the source file in its own orientation.
@@ -46,12 +48,13 @@ __all__ = [
     "is_phantom_description",
     "load_volume",
     "save_volume",
+    "to_source_order",
     "layer_geometry",
     "volume_from_layer_metadata",
 ]
 
 #: Direction each napari array axis increases towards (nibabel axis codes).
-DISPLAY_AXCODES = ("S", "P", "L")
+DISPLAY_AXCODES = ("I", "P", "L")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Largest volume we agree to read (voxels); guards against corrupt headers.
 MAX_VOXELS = 2_000_000_000
@@ -64,7 +67,7 @@ class Volume:
     Attributes
     ----------
     data : (Z, Y, X) float32 ndarray
-        Voxels, axis 0 = axial slices (inferior to superior), rows anterior to
+        Voxels, axis 0 = axial slices (superior to inferior), rows anterior to
         posterior, columns patient right to left. CT in HU (slope/intercept applied).
     affine : (4, 4) ndarray
         Voxel (z, y, x) to RAS millimetres.
@@ -331,6 +334,14 @@ def _back_to_source(array: np.ndarray, like: Volume) -> np.ndarray:
     return ornt.apply_orientation(array, inverse)
 
 
+def to_source_order(array: np.ndarray, like: Volume) -> np.ndarray:
+    """A (z, y, x) display-order array put back into ``like``'s source file's axis order and shape."""
+    out = _back_to_source(np.asarray(array), like)
+    if like.source_shape is not None and len(like.source_shape) == 3:
+        out = out.reshape(like.source_shape)
+    return out
+
+
 def _orientation_of(like: Volume) -> np.ndarray:
     from nibabel import orientations as ornt
 
@@ -375,9 +386,7 @@ def save_volume(path: str | os.PathLike, array: np.ndarray, like: Volume | None 
     elif array.dtype == np.int64 or array.dtype == np.uint64:
         array = array.astype(np.int32)
     if like is not None and like.source_affine is not None:
-        out = _back_to_source(array, like)
-        if like.source_shape is not None and len(like.source_shape) == 3:
-            out = out.reshape(like.source_shape)
+        out = to_source_order(array, like)
         out_affine = like.source_affine
         header = like.header.copy() if like.header is not None else None
     else:
@@ -455,16 +464,16 @@ def layer_geometry(vol: Volume) -> dict:
 
 
 def display_affine(spacing, translate=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """RAS affine of a volume in display axes (S, P, L) with napari ``scale`` and ``translate``.
+    """RAS affine of a volume in display axes (I, P, L) with napari ``scale`` and ``translate``.
 
     Inverse of :attr:`Volume.translate` for axis-aligned volumes: world
-    coordinates along the display axes are (S, -A, -R).
+    coordinates along the display axes are (-S, -A, -R).
     """
     s = np.asarray(spacing, float)[-3:]
     t = np.asarray(translate, float)[-3:]
     affine = np.zeros((4, 4))
-    affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = s[0], -s[1], -s[2], 1.0
-    affine[:3, 3] = [-t[2], -t[1], t[0]]
+    affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = -s[0], -s[1], -s[2], 1.0
+    affine[:3, 3] = [-t[2], -t[1], -t[0]]
     return affine
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ITK_SUFFIXES", "RawImage", "folder_has_dicom", "is_itk_path", "looks_like_dicom_file", "read_itk"]
+__all__ = ["ITK_SUFFIXES", "RawImage", "SeriesInfo", "SeveralSeries", "folder_has_dicom", "is_itk_path",
+           "is_nrrd_path", "looks_like_dicom_file", "read_itk", "write_itk"]
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
@@ -396,9 +397,7 @@ def _read_dicom_folder(folder: Path, series: str | None, max_voxels: int) -> Raw
                              + "; ".join(_series_line(uid, files) for uid, files in listing.items()))
         uid = series
     elif len(listing) > 1:
-        raise ValueError(f"{folder}: holds {len(listing)} DICOM series; choose one with series=UID "
-                         "(--series UID in the CLI): "
-                         + "; ".join(_series_line(uid, files) for uid, files in listing.items()))
+        raise SeveralSeries(folder, [_series_info(uid, files) for uid, files in listing.items()])
     else:
         uid = ids[0]
     files = listing[uid]
@@ -433,11 +432,64 @@ def _read_dicom_folder(folder: Path, series: str | None, max_voxels: int) -> Raw
     return _to_raw(img, _describe(first))
 
 
-def _series_line(uid: str, files) -> str:
+@dataclass
+class SeriesInfo:
+    """One DICOM series in a folder: what a user needs to choose it."""
+
+    uid: str
+    modality: str
+    description: str
+    n_files: int
+
+    def __str__(self) -> str:
+        return (f"{self.uid} ({self.modality} {self.description!r}, "
+                f"{self.n_files} slice{'s' if self.n_files != 1 else ''})")
+
+
+class SeveralSeries(ValueError):
+    """A folder holding more than one DICOM series; ``series`` lists them for the user to choose."""
+
+    def __init__(self, folder, series: list[SeriesInfo]):
+        self.folder, self.series = Path(folder), list(series)
+        super().__init__(f"{folder}: holds {len(series)} DICOM series; choose one with series=UID "
+                         "(--series UID in the CLI): " + "; ".join(str(s) for s in series))
+
+
+def _series_info(uid: str, files) -> SeriesInfo:
     try:
         ds = _header(Path(files[0]))
         modality = str(ds.get("Modality", "") or "?")
         text = str(ds.get("SeriesDescription", "") or "").strip()
     except ValueError:
         modality, text = "?", ""
-    return f"{uid} ({modality} {text!r}, {len(files)} slice{'s' if len(files) != 1 else ''})"
+    return SeriesInfo(uid, modality, text, len(files))
+
+
+def _series_line(uid: str, files) -> str:
+    return str(_series_info(uid, files))
+
+
+def is_nrrd_path(path) -> bool:
+    return str(path).lower().endswith(NRRD_SUFFIXES)
+
+
+def write_itk(path, source_order: np.ndarray, ras_affine: np.ndarray) -> None:
+    """Write voxels in ITK index order (i, j, k) with their RAS affine as NRRD or MetaImage (atomically).
+
+    The inverse of :func:`_to_raw`: the file's direction, spacing and origin are
+    the affine's, in LPS, so the output overlays its source in 3D Slicer.
+    """
+    import SimpleITK as sitk
+
+    from .io import _atomic_write
+
+    array = np.asarray(source_order)
+    if array.ndim != 3:
+        raise ValueError(f"expected a 3D (i, j, k) array, got shape {array.shape}")
+    lps = np.linalg.inv(LPS_TO_RAS) @ np.asarray(ras_affine, float)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetOrigin([float(v) for v in lps[:3, 3]])
+    img.SetDirection([float(v) for v in (lps[:3, :3] / spacing[None, :]).ravel()])
+    _atomic_write(Path(path), lambda tmp: sitk.WriteImage(img, tmp, True))

@@ -4,11 +4,12 @@ Inputs are checked before any work, outputs are written into a staging folder
 and moved into place only when the whole job succeeded, so a failed job leaves
 no partial files.
 
-Outputs in ``out``:
+Outputs in ``out`` follow :mod:`napari_xaiclip.outputs` (the GUI writes the same names):
 ``<method>-<mode>.nii.gz`` (heatmap in the volume's geometry, values on the
 explained slices, zero elsewhere), ``<method>-<mode>.png`` (slice, ROI and
 segmentation contours, heatmap; one per slice for ranges), ``roi.nii.gz``,
-``segmentation.nii.gz``, ``metrics.json`` and ``metrics.csv``.
+``segmentation.nii.gz`` (value 1 inside), ``metrics.json`` and ``metrics.csv``;
+NRRD sources get a ``.nrrd`` copy of every volume too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import Volume, load_volume, save_volume
+from .io import Volume, load_volume
+from .outputs import LABEL_VALUE, ROI_STEM, SEGMENTATION_STEM, figure_name, heatmap_stem, write_volume
 from .labels import describe_labels, label_table, labels_from_volume, organ_value
 from .pipeline import METRIC_FIELDS, box_from_mask, expand_modes, iter_explain_slice, localize
 from .preprocess import PRESETS, apply_preset
@@ -312,26 +314,25 @@ def _run(prep: PreparedCase, seg, loc, stage: Path, on_progress, save_figure, wa
             if on_progress is not None:
                 on_progress(f"slice {index}: {label}", n * n_jobs + job, len(prep.slices) * n_jobs)
         base_mask = results[0].explanation.baseline_mask
-        put_slice(seg_vol, case.axis, index, base_mask.astype(np.uint8))
+        put_slice(seg_vol, case.axis, index, base_mask.astype(np.uint8) * LABEL_VALUE)
         if roi is not None:
-            put_slice(roi_vol, case.axis, index, roi.astype(np.uint8))
+            put_slice(roi_vol, case.axis, index, roi.astype(np.uint8) * LABEL_VALUE)
         spacing = [s for a, s in enumerate(vol.spacing) if a != case.axis]
         for r in results:
             ex = r.explanation
-            key = f"{ex.method}-{ex.mode}"
+            key = heatmap_stem(ex.method, ex.mode)
             heat.setdefault(key, np.zeros(vol.data.shape, np.float32))
             put_slice(heat[key], case.axis, index, ex.heatmap)
-            suffix = f"-s{index}" if multi else ""
-            save_figure(stage / f"{key}{suffix}.png", raw, [
+            save_figure(stage / figure_name(ex.method, ex.mode, index if multi else None), raw, [
                 {"title": f"{ex.method} ({ex.mode}) · slice {index}", "heatmap": ex.heatmap,
                  "roi": ex.roi, "mask": base_mask}], spacing=spacing)
             records.append({"case": case.name or Path(case.volume).name, "slice": index, **r.record,
                             **prep.provenance, "roi_source": case.roi if roi is not None else None})
     for key, arr in heat.items():
-        save_volume(stage / f"{key}.nii.gz", arr, like=vol)
-    save_volume(stage / "segmentation.nii.gz", seg_vol, like=vol)
+        write_volume(stage, key, arr, vol)
+    write_volume(stage, SEGMENTATION_STEM, seg_vol, vol)
     if roi_vol.any():
-        save_volume(stage / "roi.nii.gz", roi_vol, like=vol)
+        write_volume(stage, ROI_STEM, roi_vol, vol)
     return records
 
 

@@ -236,11 +236,11 @@ LABEL_ORDER = [1, 11, 3, 2, 13, 4, 5]
 
 
 def phantom_affine(shape: tuple[int, int, int]) -> np.ndarray:
-    """Voxel (z, y, x) to RAS affine of a phantom: display axes S, P, L, centred at 0."""
+    """Voxel (z, y, x) to RAS affine of a phantom: display axes I, P, L, centred at 0."""
     nz, ny, nx = shape
     dz, dy, dx = Z_EXTENT_MM / nz, FOV_MM / ny, FOV_MM / nx
     affine = np.zeros((4, 4))
-    affine[2, 0] = dz    # z -> superior
+    affine[2, 0] = -dz   # z -> inferior
     affine[1, 1] = -dy   # rows -> posterior
     affine[0, 2] = -dx   # columns -> patient left
     affine[3, 3] = 1.0
@@ -290,7 +290,8 @@ def make_phantom(shape: tuple[int, int, int] = (48, 256, 256), modality: str = "
     air = TISSUES["air"][column]
     image = np.full(shape, air, np.float32)
     labels = np.zeros(shape, np.uint8)
-    ts = np.linspace(0.0, 1.0, nz) if nz > 1 else np.array([0.6])
+    # t runs 0 (inferior) .. 1 (superior); array axis 0 runs the other way (display order)
+    ts = np.linspace(1.0, 0.0, nz) if nz > 1 else np.array([0.6])
     for k, t in enumerate(ts):
         tissues, organ = anatomy.draw(float(t), ny, nx)
         for name in PAINT_ORDER:

@@ -171,19 +171,20 @@ def source_metadata(layer) -> dict:
     meta = dict(layer.metadata or {})
     keep = {k: meta[k] for k in ("xaiclip_geometry",) if k in meta}
     if "xaiclip_geometry" not in keep:
-        keep["xaiclip_geometry"] = {"shape": list(np.shape(layer.data)[-3:]),
-                                    "affine": _affine_from_layer(layer), "source_affine": None,
-                                    "source_shape": None, "source_ornt": None, "source_path": None,
-                                    "spacing": list(np.asarray(layer.scale)[-3:]), "header": None}
+        keep["xaiclip_geometry"] = _geometry_of_foreign_layer(layer)
     keep["xaiclip_source"] = layer.name
     return keep
 
 
-def _affine_from_layer(layer) -> list:
-    """RAS affine for a layer made without this plugin, from its scale and translate."""
-    from ..io import display_affine
+def _geometry_of_foreign_layer(layer) -> dict:
+    """Geometry of a layer opened by another reader, from its napari transform (affine None: unknown)."""
+    from ..layer_geometry import layer_ras_affine_of
 
-    return display_affine(layer.scale, layer.translate).tolist()
+    affine = layer_ras_affine_of(layer)
+    spacing = None if affine is None else list(np.linalg.norm(affine[:3, :3], axis=0))
+    return {"shape": list(np.shape(layer.data)[-3:]), "affine": None if affine is None else affine.tolist(),
+            "source_affine": None, "source_shape": None, "source_ornt": None, "source_path": None,
+            "spacing": spacing, "header": None}
 
 
 def slice_layer_kwargs(layer, axis: int, index: int, n_slices: int = 1) -> dict:
@@ -470,14 +471,17 @@ def roi_layer(viewer, image_layer, create: bool = True):
     meta = source_metadata(image_layer)
     layer = viewer.add_labels(np.zeros(shape, np.uint8), name=ROI_NAME, metadata=meta, opacity=0.45,
                               **geometry_kwargs(image_layer))
-    layer.colormap = _roi_colormap()
+    layer.colormap = label_colormap("cyan")
     return layer
 
 
-def _roi_colormap():
+def label_colormap(colour: str):
+    """One colour for :data:`napari_xaiclip.outputs.LABEL_VALUE` (the value every ROI and mask uses)."""
     from napari.utils.colormaps import DirectLabelColormap
 
-    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "cyan"})
+    from ..outputs import LABEL_VALUE
+
+    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", LABEL_VALUE: colour})
 
 
 def roi_slice(viewer, image_layer, axis: int, index: int):

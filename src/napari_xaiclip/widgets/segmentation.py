@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from ..outputs import LABEL_VALUE
 from ..slicing import put_slice, slice_layer_data, take_slice
 from ._common import (
     SEGMENTATION_NAME,
@@ -19,6 +20,7 @@ from ._common import (
     layer_is_phantom,
     notify_error,
     phantom_warnings,
+    label_colormap,
     replace_layer,
     slice_layer_kwargs,
     source_metadata,
@@ -113,7 +115,8 @@ class SegmentationWidget(QWidget):
             seg_layer = self.viewer.add_labels(np.zeros(shape, np.uint8), name=SEGMENTATION_NAME,
                                                metadata=source_metadata(layer), opacity=0.5,
                                                **geometry_kwargs(layer))
-        put_slice(seg_layer.data, axis, index, (probs > 0.5).astype(np.uint8) * 2)
+            seg_layer.colormap = label_colormap("orange")
+        put_slice(seg_layer.data, axis, index, (probs > 0.5).astype(np.uint8) * LABEL_VALUE)
         key = f"{axis}:{index}"
         seg_layer.metadata.setdefault("xaiclip_boxes", {})[key] = [float(v) for v in box]
         seg_layer.metadata.setdefault("xaiclip_warnings", {})[key] = list(warnings)

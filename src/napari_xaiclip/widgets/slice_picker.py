@@ -137,14 +137,17 @@ class SlicePickerWidget(QWidget):
         layer = self.layer()
         if layer is None:
             return
-        geometry = (layer.metadata or {}).get("xaiclip_geometry")
+        from ..layer_geometry import layer_ras_affine_of
+
+        geometry = (layer.metadata or {}).get("xaiclip_geometry") or {}
         shape = layer.data.shape[-3:]
-        if geometry is not None:
-            ras = slice_position_mm(np.asarray(geometry["affine"]), shape, self.axis, self.index)
+        affine = geometry.get("affine")
+        affine = layer_ras_affine_of(layer) if affine is None else np.asarray(affine)
+        if affine is not None:
+            ras = slice_position_mm(affine, shape, self.axis, self.index)
             names = "RAS"
-            along = int(np.argmax(np.abs(np.asarray(geometry["affine"])[:3, self.axis])))
+            along = int(np.argmax(np.abs(affine[:3, self.axis])))
             self.position.setText(f"{names[along]} = {ras[along]:.1f} mm  "
                                   f"(RAS {ras[0]:.1f}, {ras[1]:.1f}, {ras[2]:.1f})")
         else:
-            mm = layer.translate[-3:][self.axis] + self.index * layer.scale[-3:][self.axis]
-            self.position.setText(f"{mm:.1f} mm along axis {self.axis}")
+            self.position.setText("patient position unknown: the layer carries no scan geometry")

@@ -1,0 +1,66 @@
+"""Names and label values of result files: one scheme for the GUI, ``xaiclip explain`` and ``xaiclip batch``.
+
+In an output folder (one per case in a batch; in the GUI, one per source image
+when the viewer holds results for several):
+
+* ``<method>-<mode>.nii.gz``: heatmap in the scan's geometry, values on the
+  explained slices, zero elsewhere (``occlusion-roi.nii.gz``, ``rise-traditional.nii.gz``);
+* ``<method>-<mode>.png``, or ``<method>-<mode>-s<slice>.png`` for several slices: figure;
+* ``roi.nii.gz`` and ``segmentation.nii.gz``: uint8 labels, :data:`LABEL_VALUE` inside, 0 outside;
+* ``metrics.json`` and ``metrics.csv``.
+
+Volumes are written in the source file's own voxel grid (so they overlay it in
+3D Slicer or ITK-SNAP); for an NRRD source each is also written as ``.nrrd``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .io import Volume, save_volume, to_source_order
+
+__all__ = ["LABEL_VALUE", "METRICS_STEM", "ROI_STEM", "SEGMENTATION_STEM", "figure_name", "heatmap_stem",
+           "write_volume"]
+
+#: Value of the ROI and of the segmentation in label outputs (and in the GUI's labels layers).
+LABEL_VALUE = 1
+ROI_STEM = "roi"
+SEGMENTATION_STEM = "segmentation"
+METRICS_STEM = "metrics"
+
+
+def heatmap_stem(method: str, mode: str) -> str:
+    """``occlusion``, ``roi`` -> ``occlusion-roi``."""
+    return f"{method}-{mode}"
+
+
+def figure_name(method: str, mode: str, index: int | None = None) -> str:
+    """PNG name of one heatmap figure; ``index`` for runs over several slices."""
+    suffix = "" if index is None else f"-s{int(index)}"
+    return f"{heatmap_stem(method, mode)}{suffix}.png"
+
+
+def source_is_nrrd(like: Volume | None) -> bool:
+    from .io_itk import is_nrrd_path
+
+    return like is not None and like.path is not None and is_nrrd_path(like.path)
+
+
+def write_volume(folder: str | Path, stem: str, array: np.ndarray, like: Volume) -> list[Path]:
+    """``<stem>.nii.gz`` (and ``<stem>.nrrd`` for an NRRD source) in ``like``'s source geometry."""
+    folder = Path(folder)
+    nifti = folder / f"{stem}.nii.gz"
+    save_volume(nifti, array, like=like)
+    written = [nifti]
+    if source_is_nrrd(like) and like.source_affine is not None:
+        from .io_itk import write_itk
+
+        data = np.asarray(array)
+        data = data.astype(np.uint8) if data.dtype == bool else data
+        if not np.issubdtype(data.dtype, np.integer):
+            data = data.astype(np.float32)
+        write_itk(folder / f"{stem}.nrrd", to_source_order(data, like), like.source_affine)
+        written.append(folder / f"{stem}.nrrd")
+    return written

@@ -43,6 +43,8 @@ def ask_series(error) -> str | None:
     if QApplication.instance() is None:
         return None
     dialog = SeriesDialog(error, QApplication.activeWindow())
-    if dialog.exec() != QDialog.DialogCode.Accepted:
+    accepted = QDialog.DialogCode.Accepted
+    code = dialog.exec()  # an int or the enum, depending on the Qt binding
+    if getattr(code, "value", code) != getattr(accepted, "value", accepted):
         return None
     return dialog.chosen_uid()

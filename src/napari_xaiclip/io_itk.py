@@ -146,8 +146,7 @@ def _to_raw(img, description: str = "") -> RawImage:
     import SimpleITK as sitk
 
     dim = img.GetDimension()
-    array = sitk.GetArrayViewFromImage(img)  # (k, j, i) or (j, i)
-    array = np.asarray(array, dtype=np.float32)
+    array = sitk.GetArrayFromImage(img).astype(np.float32, copy=False)  # (k, j, i) or (j, i); owns its memory
     direction = np.asarray(img.GetDirection(), float).reshape(dim, dim)
     spacing = np.asarray(img.GetSpacing(), float)
     origin = np.asarray(img.GetOrigin(), float)
@@ -161,8 +160,9 @@ def _to_raw(img, description: str = "") -> RawImage:
     lps = np.eye(4)
     lps[:3, :3] = direction * spacing[None, :]
     lps[:3, 3] = origin
-    data = np.ascontiguousarray(array.transpose(2, 1, 0))
-    return RawImage(data, LPS_TO_RAS @ lps, description)
+    # a view: the reorientation into display order makes the one copy (a series is often already
+    # in display order up to a flip, so two full transposes would cost seconds for nothing)
+    return RawImage(array.transpose(2, 1, 0), LPS_TO_RAS @ lps, description)
 
 
 def _read_plain(path: Path, kind: str, max_voxels: int) -> RawImage:

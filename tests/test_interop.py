@@ -77,3 +77,24 @@ def test_scale_and_translate_alone_follow_the_display_convention():
     np.testing.assert_allclose(affine, display_affine((2.5, 0.8, 0.8), (10.0, 20.0, 30.0)))
     assert nib.aff2axcodes(affine) == ("I", "P", "L")
     assert layer_ras_affine() is None
+
+
+def test_a_layer_read_from_nrrd_saves_as_nrrd_in_the_source_grid(tmp_path):
+    import SimpleITK as sitk
+
+    from napari_xaiclip._reader import read_volume
+
+    array = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)  # (k, j, i)
+    src = sitk.GetImageFromArray(array)
+    src.SetSpacing((0.8, 0.9, 2.5))
+    src.SetOrigin((-150.0, -120.0, 40.0))
+    src.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))  # rows and columns swapped, one flipped
+    sitk.WriteImage(src, str(tmp_path / "scan.nrrd"))
+    data, kwargs, _ = read_volume(str(tmp_path / "scan.nrrd"))[0]
+    mask = (data > data.mean()).astype(np.uint8)
+    data_l, meta = _napari_state("Labels", mask, **{k: kwargs[k] for k in ("scale", "translate", "metadata")})
+    write_labels(str(tmp_path / "mask.nrrd"), data_l, meta)
+    back = sitk.ReadImage(str(tmp_path / "mask.nrrd"))
+    for get in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(back, get)(), getattr(src, get)(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), (array > array.mean()).astype(np.uint8))

@@ -1,4 +1,4 @@
-"""napari writer hooks: image and labels layers to NIfTI in the source file's geometry.
+"""napari writer hooks: image and labels layers to NIfTI (or NRRD) in the source file's geometry.
 
 A layer read by this plugin (or derived from one) carries its source geometry
 in ``metadata["xaiclip_geometry"]``. One-slice layers (heatmaps, slice ROIs)
@@ -57,22 +57,37 @@ def _foreign_affine(meta: dict) -> np.ndarray:
 
 
 def _write(path: str, data, meta: dict, labels: bool) -> list[str]:
-    if not is_nifti_path(path):
-        raise ValueError(f"{path}: choose a .nii or .nii.gz file name")
+    nrrd = str(path).lower().endswith(".nrrd")
+    if not (is_nifti_path(path) or nrrd):
+        raise ValueError(f"{path}: choose a .nii, .nii.gz or .nrrd file name")
     array, vol = layer_to_volume_array(data, meta)
     if labels:
         array = array.astype(np.int16 if array.max(initial=0) > 255 or array.min(initial=0) < 0 else np.uint8)
     else:
         array = array.astype(np.float32)
-    save_volume(path, array, like=vol)
+    if nrrd:
+        _write_nrrd(path, array, vol)
+    else:
+        save_volume(path, array, like=vol)
     return [path]
 
 
+def _write_nrrd(path: str, array: np.ndarray, vol: Volume) -> None:
+    """NRRD in the source file's grid when there is one, else in the display grid (same world points)."""
+    from .io import to_source_order
+    from .io_itk import write_itk
+
+    if vol.source_affine is not None:
+        write_itk(path, to_source_order(array, vol), vol.source_affine)
+    else:
+        write_itk(path, array, vol.affine)
+
+
 def write_image(path: str, data, meta: dict) -> list[str]:
-    """Write an image layer (scan, enhanced volume, heatmap) as float32 NIfTI."""
+    """Write an image layer (scan, enhanced volume, heatmap) as float32 NIfTI or NRRD."""
     return _write(path, data, meta, labels=False)
 
 
 def write_labels(path: str, data, meta: dict) -> list[str]:
-    """Write a labels layer (ROI, segmentation) as integer NIfTI."""
+    """Write a labels layer (ROI, segmentation) as integer NIfTI or NRRD."""
     return _write(path, data, meta, labels=True)

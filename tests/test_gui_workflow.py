@@ -40,7 +40,7 @@ def _wait(qtbot, panel, timeout=300):
     qtbot.waitUntil(lambda: not panel.running, timeout=timeout * 1000)
 
 
-def test_prompt_roi_segmentation_and_roi_guided_occlusion(scene, qtbot):
+def test_prompt_roi_segmentation_and_roi_guided_occlusion(scene, qtbot, tmp_path):
     from napari_xaiclip.explain import explain
     from napari_xaiclip.models import load_segmenter
     from napari_xaiclip.slicing import take_slice
@@ -96,6 +96,22 @@ def test_prompt_roi_segmentation_and_roi_guided_occlusion(scene, qtbot):
     # records keep 6 decimals
     assert record["n_forward"] == ref.n_forward and record["rho"] == pytest.approx(ref.rho, abs=1e-6)
     assert metrics.table.rowCount() == 1
+
+    # Save all: the CLI's names and label value, volumes that load back onto the scan's grid
+    written = metrics.save_everything(str(tmp_path / "saved"))
+    names = sorted(p.name for p in (tmp_path / "saved").iterdir())
+    assert names == ["metrics.csv", "metrics.json", "occlusion-roi.nii.gz", "occlusion-roi.png", "roi.nii.gz",
+                     "segmentation.nii.gz"], names
+    assert len(written) == len(names)
+    from napari_xaiclip.io import load_volume
+
+    saved_heat = load_volume(tmp_path / "saved" / "occlusion-roi.nii.gz").data
+    np.testing.assert_allclose(saved_heat[index], ref.heatmap, atol=1e-6)
+    assert not np.delete(saved_heat, index, axis=0).any()
+    for stem, expected in (("roi", roi), ("segmentation", np.asarray(seg_layer.data[index]) > 0)):
+        saved = load_volume(tmp_path / "saved" / f"{stem}.nii.gz").data
+        assert set(np.unique(saved)) == {0.0, 1.0}
+        np.testing.assert_array_equal(saved[index] > 0, expected)
 
 
 def _prepare_roi(viewer, image, labels, index):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["dock_widgets", "launch", "open_volume"]
+__all__ = ["dock_widgets", "fit_to_screen", "launch", "main_window", "open_volume"]
 
 
 def open_volume(viewer, volume: str | None = None, labels: str | None = None, modality: str = "ct"):
@@ -32,51 +32,102 @@ def open_volume(viewer, volume: str | None = None, labels: str | None = None, mo
     return image_layer
 
 
+#: Minimum height (px) up to which a tabbed widget needs no scroll area of ours.
+_SHORT = 200
+
+
 def dock_widgets(viewer) -> dict:
     """Dock every plugin widget in working order; returns {title: widget}.
 
-    The slice picker sits on top, the four steps (preprocessing, ROI,
-    segmentation, explainers) share a tabbed dock below it, metrics at the bottom.
+    The right column holds the slice picker on top, the steps (preprocessing, ROI,
+    segmentation, explainers, masks) as tabs below it and the metrics table at its
+    foot; the window then fills the screen, most of it for the canvas.
     """
-    from qtpy.QtWidgets import QScrollArea
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QScrollArea, QTabWidget
 
-    from .widgets import DOCK_ORDER
+    from .widgets import DOCK_ORDER, TAB_TITLES
 
     docked, docks = {}, {}
     first_in_group: dict = {}
+    window = None
     for title, cls, area, group in DOCK_ORDER:
         widget = cls(viewer)
-        if group is None:  # small docks: no scroll area, no wasted height
+        # Small docks and widgets that scroll by themselves go in as they are: no wasted height.
+        if group is None or widget.minimumSizeHint().height() <= _SHORT:
             scroll = widget
         else:
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
             scroll.setWidget(widget)
-        tab_with = first_in_group.get(group) if group else None
         dock = viewer.window.add_dock_widget(scroll, name=title, area=area, tabify=False)
-        if tab_with is not None:
-            viewer.window._qt_window.tabifyDockWidget(tab_with, dock)
+        window = window or main_window(dock)
+        if title in TAB_TITLES:  # a tab shows the window title; napari keys the dock by its name
+            dock.setWindowTitle(TAB_TITLES[title])
+        if group in first_in_group:
+            window.tabifyDockWidget(first_in_group[group], dock)
         elif group:
             first_in_group[group] = dock
         docked[title] = widget
         docks[title] = dock
+    if window is None:
+        return docked
+    # Tabs above the steps, where they read as a row of headings.
+    window.setTabPosition(Qt.DockWidgetArea.RightDockWidgetArea, QTabWidget.TabPosition.North)
     for dock in first_in_group.values():
         dock.raise_()
-    _size_docks(viewer, docks)
+    fit_to_screen(window, docks, first_in_group.get("steps"))
     return docked
 
 
-def _size_docks(viewer, docks: dict) -> None:
-    """Give the step tabs most of the right column and the metrics table a modest strip."""
+def main_window(docked):
+    """The QMainWindow a docked widget (or its dock) lives in, reached through Qt's public parent chain."""
+    from qtpy.QtWidgets import QMainWindow
+
+    window = docked.window()
+    if not isinstance(window, QMainWindow):
+        raise RuntimeError(f"{docked!r} is not docked in a main window")
+    return window
+
+
+def fit_to_screen(window, docks: dict, steps=None) -> None:
+    """Size the window to its screen's free area, then share out the right column.
+
+    Maximised too where a window manager can do it; the explicit geometry is what
+    counts without one (Xvfb) and until the manager answers.
+    """
+    from qtpy.QtGui import QGuiApplication
+    from qtpy.QtWidgets import QApplication
+
+    screen = window.screen() or QGuiApplication.primaryScreen()
+    if screen is None:
+        return
+    free = screen.availableGeometry()
+    window.setGeometry(free)
+    if window.isVisible():
+        window.showMaximized()
+        QApplication.processEvents()  # the new size arrives asynchronously; dock sizes are shares of it
+    _size_docks(window, docks, steps, free.width(), free.height())
+
+
+def _size_docks(window, docks: dict, steps, width: int, height: int) -> None:
+    """The right column a quarter of the screen wide (Qt keeps it at least as wide as its
+    widgets need); below the slice picker the step tabs get three fifths of the height
+    (the long steps scroll), the metrics table the rest."""
     from qtpy.QtCore import Qt
 
-    window = viewer.window._qt_window
-    if "Slice picker" in docks:
-        docks["Slice picker"].setMaximumHeight(docks["Slice picker"].sizeHint().height() + 10)
-        window.resizeDocks([docks["Slice picker"]], [470], Qt.Orientation.Horizontal)
-    if "Metrics" in docks:
-        docks["Metrics"].setMinimumHeight(230)
-        window.resizeDocks([docks["Metrics"]], [240], Qt.Orientation.Vertical)
+    right = Qt.DockWidgetArea.RightDockWidgetArea
+    column = [d for d in docks.values() if window.dockWidgetArea(d) == right]
+    if not column:
+        return
+    picker = docks.get("Slice picker")
+    if picker is not None:  # as tall as its controls, never stretched
+        picker.setMaximumHeight(picker.sizeHint().height() + 10)
+    window.resizeDocks([column[0]], [min(width // 4, 560)], Qt.Orientation.Horizontal)
+    metrics = docks.get("Metrics")
+    if steps is not None and metrics in column:
+        rest = height - (picker.maximumHeight() if picker is not None else 0) - 80  # menu, status bar, titles
+        window.resizeDocks([steps, metrics], [rest * 3 // 5, rest - rest * 3 // 5], Qt.Orientation.Vertical)
 
 
 def _say_which_models(layer) -> None:
@@ -111,6 +162,7 @@ def launch(volume: str | None = None, labels: str | None = None, modality: str =
     if picker is not None and layer is not None:
         picker.layer_choice.set_layer(layer.name)
         picker.go_to_middle()
+    viewer.reset_view()  # the volume was framed for the canvas before the window grew
     _say_which_models(layer)
     if block:
         napari.run()

@@ -6,6 +6,7 @@ when the viewer holds results for several):
 * ``<method>-<mode>.nii.gz``: heatmap in the scan's geometry, values on the
   explained slices, zero elsewhere (``occlusion-roi.nii.gz``, ``rise-traditional.nii.gz``);
 * ``<method>-<mode>.png``, or ``<method>-<mode>-s<slice>.png`` for several slices: figure;
+  a second run of the same method and mode in one GUI session is saved as ``<method>-<mode>-2``;
 * ``roi.nii.gz`` and ``segmentation.nii.gz``: uint8 labels, :data:`LABEL_VALUE` inside, 0 outside;
 * ``metrics.json`` and ``metrics.csv``.
 
@@ -21,8 +22,8 @@ import numpy as np
 
 from .io import Volume, save_volume, to_source_order
 
-__all__ = ["LABEL_VALUE", "METRICS_STEM", "ROI_STEM", "SEGMENTATION_STEM", "figure_name", "heatmap_stem",
-           "write_volume"]
+__all__ = ["LABEL_VALUE", "METRICS_STEM", "ROI_STEM", "SEGMENTATION_STEM", "figure_name", "figure_name_for",
+           "heatmap_stem", "unique_stem", "write_volume"]
 
 #: Value of the ROI and of the segmentation in label outputs (and in the GUI's labels layers).
 LABEL_VALUE = 1
@@ -38,8 +39,23 @@ def heatmap_stem(method: str, mode: str) -> str:
 
 def figure_name(method: str, mode: str, index: int | None = None) -> str:
     """PNG name of one heatmap figure; ``index`` for runs over several slices."""
+    return figure_name_for(heatmap_stem(method, mode), index)
+
+
+def figure_name_for(stem: str, index: int | None = None) -> str:
+    """PNG name of the figure of the heatmap saved as ``<stem>.nii.gz``."""
     suffix = "" if index is None else f"-s{int(index)}"
-    return f"{heatmap_stem(method, mode)}{suffix}.png"
+    return f"{stem}{suffix}.png"
+
+
+def unique_stem(stem: str, taken: set) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``... when a second run of the same method and mode is saved."""
+    candidate, n = stem, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}-{n}"
+    taken.add(candidate)
+    return candidate
 
 
 def source_is_nrrd(like: Volume | None) -> bool:

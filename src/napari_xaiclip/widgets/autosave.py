@@ -52,10 +52,11 @@ class AutosaveController:
         viewer.layers.events.inserted.connect(self._inserted)
         for layer in viewer.layers:
             self._watch(layer)
-        try:
-            viewer.window._qt_window.destroyed.connect(self.flush)
-        except (AttributeError, RuntimeError):
-            pass
+        from qtpy.QtWidgets import QApplication
+
+        app = QApplication.instance()
+        if app is not None:  # pending edits reach the disk when napari quits
+            app.aboutToQuit.connect(self.flush)
 
     def _inserted(self, event):
         self._watch(event.value)

@@ -6,16 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
+
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QAbstractItemView,
     QCheckBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
+    QMenu,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -30,6 +33,9 @@ if TYPE_CHECKING:
 COLUMNS = ["image", "slice"] + METRIC_FIELDS[:2] + ["warnings"] + METRIC_FIELDS[2:] + ["segu"]
 #: Extra fields of the CSV export (the JSON keeps every field of every record).
 EXPORT_EXTRA = ["run_id", "model", "target", "segmenter", "segmenter_trained_on"]
+#: Columns shown until the user picks others under "Columns…"; hidden ones are still exported.
+DEFAULT_VISIBLE = ["slice", "method", "mode", "warnings", "n_forward", "rho", "seconds", "dice_vs_baseline",
+                   "dice_vs_gt", "deletion_auc"]
 
 
 class _NumberItem(QTableWidgetItem):
@@ -72,7 +78,22 @@ class MetricsWidget(QWidget):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels([c.replace("_", " ") for c in COLUMNS])
         self.table.setSortingEnabled(True)
-        self.table.setMinimumHeight(160)
+        self.table.setMinimumHeight(100)  # the dock may sit in a column with others: no tall minimum
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.table.setHorizontalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.columns_menu = self._make_columns_menu()
+        self.columns_button = QToolButton()
+        self.columns_button.setText("Columns…")
+        self.columns_button.setToolTip("Choose the table's columns (the CSV export keeps all of them)")
+        self.columns_button.setMenu(self.columns_menu)
+        self.columns_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        header = self.table.horizontalHeader()
+        header.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        header.customContextMenuRequested.connect(lambda pos: self.columns_menu.popup(header.mapToGlobal(pos)))
+        self.set_visible_columns(DEFAULT_VISIBLE)
+        table_bar = QHBoxLayout()
+        table_bar.addStretch(1)
+        table_bar.addWidget(self.columns_button)
         from .autosave import AutosaveController
 
         self.autosave = AutosaveController(napari_viewer)
@@ -80,7 +101,8 @@ class MetricsWidget(QWidget):
         self.autosave_box.setChecked(self.autosave.enabled)
         self.autosave_box.toggled.connect(self._toggle_autosave)
         self.export_csv = QPushButton("Export CSV…")
-        self.save_all = QPushButton("Save heatmaps, ROI, segmentation, figure…")
+        self.save_all = QPushButton("Save all…")
+        self.save_all.setToolTip("Heatmaps, ROI and segmentation as NIfTI in the scan's geometry, metrics and figures")
         self.clear = QPushButton("Clear")
         row = QHBoxLayout()
         for w in (self.export_csv, self.save_all, self.clear):
@@ -88,6 +110,7 @@ class MetricsWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         lay = QVBoxLayout(self)
+        lay.addLayout(table_bar)
         lay.addWidget(self.table)
         lay.addLayout(row)
         lay.addWidget(self.autosave_box)
@@ -98,6 +121,30 @@ class MetricsWidget(QWidget):
         napari_viewer.layers.events.inserted.connect(self._layer_added)
         for layer in napari_viewer.layers:
             self._watch(layer)
+
+    # --- columns -------------------------------------------------------------
+    def _make_columns_menu(self) -> QMenu:
+        menu = QMenu(self)
+        for c, key in enumerate(COLUMNS):
+            action = menu.addAction(key.replace("_", " "))
+            action.setCheckable(True)
+            action.setData(key)
+            action.toggled.connect(lambda on, c=c: self.table.setColumnHidden(c, not on))
+        menu.addSeparator()
+        menu.addAction("Show all", lambda: self.set_visible_columns(COLUMNS))
+        menu.addAction("Default columns", lambda: self.set_visible_columns(DEFAULT_VISIBLE))
+        return menu
+
+    def visible_columns(self) -> list[str]:
+        """The keys of the columns the table shows, in table order."""
+        return [key for c, key in enumerate(COLUMNS) if not self.table.isColumnHidden(c)]
+
+    def set_visible_columns(self, keys) -> None:
+        """Show the columns named in ``keys`` (COLUMNS entries), hide the others."""
+        keys = set(keys)
+        for c, action in enumerate(a for a in self.columns_menu.actions() if a.isCheckable()):
+            action.setChecked(COLUMNS[c] in keys)
+            self.table.setColumnHidden(c, COLUMNS[c] not in keys)  # toggled fires on changes only
 
     def _toggle_autosave(self, on: bool) -> None:
         self.autosave.enabled = bool(on)
@@ -158,77 +205,19 @@ class MetricsWidget(QWidget):
         return str(p)
 
     def save_everything(self, folder: str | None = None) -> list[str]:
-        """Heatmap layers, ROI and segmentation as NIfTI in the source geometry, metrics, and a figure."""
-        from .._writer import write_image, write_labels
+        """Heatmaps, ROI and segmentation in the scan's geometry, metrics and figures, named as the CLI names them."""
+        from .save_results import save_results
 
         if folder is None:
             folder = QFileDialog.getExistingDirectory(self, "Save results into")
             if not folder:
                 return []
         out = Path(folder)
-        written = []
         try:
-            for layer in list(self.viewer.layers):
-                meta = layer.metadata or {}
-                if "xaiclip_geometry" not in meta:
-                    continue
-                stem = _file_stem(layer.name)
-                if layer._type_string == "labels" and layer.name in ("ROI", "segmentation"):
-                    written += write_labels(str(out / f"{stem}.nii.gz"), layer.data, _layer_meta(layer))
-                elif layer._type_string == "image" and meta.get("xaiclip_records"):
-                    written += write_image(str(out / f"{stem}.nii.gz"), layer.data, _layer_meta(layer))
-            if self.records:
-                self.write_csv(str(out / "metrics.csv"))
-                written += [str(out / "metrics.csv"), str(out / "metrics.json")]
-            written += self.save_figure(out)
+            written = save_results(self.viewer, out, self.records, COLUMNS + EXPORT_EXTRA)
         except (ValueError, OSError) as exc:
             notify_error(f"saving failed: {exc}")
-            return written
+            return []
         self.status.setText(f"saved {len(written)} files into {out}")
         notify_info(f"saved {len(written)} files into {out}")
         return written
-
-    def save_figure(self, out: Path) -> list[str]:
-        """A PNG per explained slice: traditional and ROI-guided heatmaps side by side."""
-        from ..reports import save_figure
-        from ..slicing import take_slice
-
-        by_slice: dict = {}
-        for layer in self.viewer.layers:
-            for rec in (layer.metadata or {}).get("xaiclip_records", []):
-                by_slice.setdefault((rec["image"], rec["axis"], rec["slice"]), []).append((layer, rec))
-        written = []
-        for (image, axis, index), items in by_slice.items():
-            if image not in self.viewer.layers:
-                continue
-            src = self.viewer.layers[image]
-            plane = np.asarray(take_slice(np.asarray(src.data), axis, index))
-            panels = []
-            for layer, rec in sorted(items, key=lambda t: (t[1]["method"], t[1]["mode"] != "traditional")):
-                k = index - layer.metadata["xaiclip_slice"]["index"]
-                heat = np.asarray(take_slice(np.asarray(layer.data), axis, k))
-                panels.append({"title": f"{rec['method']} ({rec['mode']})", "heatmap": heat,
-                               "roi": _slice_of(self.viewer, "ROI", axis, index),
-                               "mask": _slice_of(self.viewer, "segmentation", axis, index)})
-            spacing = [s for a, s in enumerate(np.asarray(src.scale)[-3:]) if a != axis]
-            path = out / f"{_file_stem(image)}-slice{index}.png"
-            save_figure(path, plane, panels, spacing=spacing)
-            written.append(str(path))
-        return written
-
-
-def _slice_of(viewer, name, axis, index):
-    from ..slicing import take_slice
-
-    if name not in viewer.layers:
-        return None
-    return np.asarray(take_slice(np.asarray(viewer.layers[name].data), axis, index)) > 0
-
-
-def _layer_meta(layer) -> dict:
-    return {"metadata": layer.metadata, "scale": layer.scale, "translate": layer.translate}
-
-
-def _file_stem(name: str) -> str:
-    keep = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in name.replace(" · ", "_"))
-    return keep.strip("_") or "layer"

@@ -118,6 +118,10 @@ def test_explain_with_default_models_writes_the_contract_outputs(data, tmp_path,
 
     records = json.loads((out / "metrics.json").read_text())
     assert [(r["method"], r["mode"]) for r in records] == [("occlusion", "traditional"), ("occlusion", "roi")]
+    # the ROI is the ground truth's organ: its overlap figures are tautological, and the user is told
+    assert "warning: the ROI comes from the same labels as the ground truth" in capsys.readouterr().err
+    assert all(any("same labels as the ground truth" in w for w in r["warnings"]) for r in records)
+    assert records[1]["trivial_dice_in_roi"] is not None and records[1]["dice_in_roi"] is not None
     curves = {"deletion_auc", "insertion_auc"}  # with --no-curves the JSON records leave them out
     for r in records:
         assert set(CONTRACT) - curves <= set(r)

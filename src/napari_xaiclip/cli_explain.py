@@ -130,7 +130,7 @@ def case_from_args(args, **extra):
 
 
 def cmd_explain(args) -> int:
-    from .jobs import CASE_FIELDS, run_case
+    from .jobs import CONSOLE_FIELDS, run_case
     from .reports import format_table
 
     case = case_from_args(args, roi=args.roi, prompt=args.prompt, prompt_match=args.prompt_match,
@@ -141,7 +141,8 @@ def cmd_explain(args) -> int:
     progress = TerminalProgress()
     records = run_case(case, args.out, on_progress=progress, on_message=progress.message)
     progress.close()
-    print(format_table(records, CASE_FIELDS))
+    print(format_table(records, CONSOLE_FIELDS))
+    print("(trivial_*: the same figure for a map that is constant inside the ROI; every column is in metrics.csv)")
     print(f"wrote {args.out}")
     return 0
 

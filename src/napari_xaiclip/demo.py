@@ -45,7 +45,8 @@ CURVES = True
 PROMPT, ORGAN, LIVER = "liver", "liver", 1
 #: Columns of the printed and reported metrics table (all columns are in metrics.csv).
 TABLE_FIELDS = ["method", "mode", "n_forward", "rho", "seconds", "gflops", "dice_vs_baseline", "dice_vs_gt",
-                "pointing_game", "deletion_auc", "insertion_auc"]
+                "dice_in_roi", "trivial_dice_in_roi", "pointing_in_roi", "trivial_pointing_in_roi",
+                "deletion_auc", "trivial_deletion_auc", "insertion_auc", "trivial_insertion_auc"]
 DEMO_MODELS_NOTE = ("The models are **phantom-trained demo models**: a tiny SAM segmenter and a CLIP region "
                     "localizer trained by this project's own training commands on its synthetic phantom. They "
                     "show the pipeline end to end; their heatmaps and numbers say nothing about real scans or "

@@ -25,14 +25,21 @@ import numpy as np
 from .io import Volume, load_volume
 from .outputs import LABEL_VALUE, ROI_STEM, SEGMENTATION_STEM, figure_name, heatmap_stem, write_volume
 from .labels import describe_labels, label_table, labels_from_volume, organ_value
-from .pipeline import METRIC_FIELDS, box_from_mask, expand_modes, iter_explain_slice, localize
+from .pipeline import METRIC_FIELDS, ROI_FIELDS, box_from_mask, expand_modes, iter_explain_slice, localize
 from .preprocess import PRESETS, apply_preset
 from .slicing import check_slice, put_slice, take_slice
 
-__all__ = ["CASE_FIELDS", "Case", "PreparedCase", "bank_slices", "organ_value", "parse_slices", "prepare_case",
+__all__ = ["CASE_FIELDS", "CONSOLE_FIELDS", "Case", "PreparedCase", "bank_slices", "organ_value", "parse_slices", "prepare_case",
            "run_case", "slice_box_and_gt"]
 
-CASE_FIELDS = METRIC_FIELDS[:2] + ["slice"] + METRIC_FIELDS[2:]
+LABELS_ROI_TAUTOLOGY = ("the ROI comes from the same labels as the ground truth: in ROI-guided mode dice_vs_gt, "
+                        "iou_vs_gt and pointing_game measure the labels, not the explanation; read dice_in_roi, "
+                        "pointing_in_roi and deletion/insertion AUC beside their trivial_* baselines")
+CASE_FIELDS = METRIC_FIELDS[:2] + ["slice"] + METRIC_FIELDS[2:] + ROI_FIELDS
+#: The table printed on the terminal: cost, quality inside the ROI beside the trivial map's, faithfulness.
+CONSOLE_FIELDS = ["method", "mode", "slice", "n_forward", "seconds", "dice_vs_baseline", "dice_in_roi",
+                  "trivial_dice_in_roi", "pointing_in_roi", "trivial_pointing_in_roi", "deletion_auc",
+                  "trivial_deletion_auc", "insertion_auc", "trivial_insertion_auc"]
 #: Where the ROI of ROI-guided mode comes from.
 ROI_SOURCES = ("localizer", "segmenter", "labels", "none")
 #: Pixels the segmenter's mask is grown by when it serves as the ROI (unless --roi-margin says otherwise).
@@ -246,6 +253,8 @@ def _warnings_before_work(prep: PreparedCase, seg, loc, say) -> list[str]:
     from .provenance import phantom_model_warnings
 
     warnings = phantom_model_warnings(prep.volume.is_phantom, seg, loc)
+    if prep.case.roi == "labels" and "roi" in prep.modes:
+        warnings.append(LABELS_ROI_TAUTOLOGY)
     for w in warnings:
         say("warning", w)
     if loc is not None:

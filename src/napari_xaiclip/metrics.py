@@ -25,13 +25,16 @@ __all__ = [
     "dice",
     "heatmap_metrics",
     "iou",
+    "otsu_within",
     "pointing_game",
     "randomize_segmenter",
     "randomization_check",
+    "roi_metrics",
     "spearman",
     "threshold_heatmap",
     "topk_iou",
     "topk_mask",
+    "trivial_metrics",
 ]
 
 
@@ -179,6 +182,52 @@ def heatmap_metrics(heatmap: np.ndarray, baseline_mask: np.ndarray, gt: np.ndarr
     }
     if gt is not None:
         out.update(dice_vs_gt=dice(thr, gt), iou_vs_gt=iou(thr, gt), auc_vs_gt=auc_roc(heatmap, gt))
+    return out
+
+
+def otsu_within(heatmap: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Otsu mask of the positive heatmap computed over ``region``'s pixels only (empty outside it).
+
+    Outside pixels do not enter the threshold: an ROI-guided map is zero there,
+    and those zeros would otherwise decide the threshold.
+    """
+    from .preprocess import safe_otsu
+
+    region = np.asarray(region, bool)
+    h = np.clip(np.nan_to_num(np.asarray(heatmap, np.float64)), 0, None)
+    values = h[region]
+    if values.size == 0 or values.max() <= 0:
+        return np.zeros(h.shape, bool)
+    if values.max() == values.min():
+        return region & (h > 0)
+    return region & (h > safe_otsu(values))
+
+
+def roi_metrics(heatmap: np.ndarray, baseline_mask: np.ndarray, roi: np.ndarray) -> dict:
+    """Overlap and pointing **inside the ROI**: can the map find the segmented object within
+    the region it was given? Not circular for ROI-guided maps, which are zero outside the ROI.
+
+    ``dice_in_roi``: Dice of the map's Otsu mask over ROI pixels with the baseline mask
+    inside the ROI; ``pointing_in_roi``: share of the positive mass in the ROI that lies on
+    the baseline mask.
+    """
+    roi = np.asarray(roi, bool)
+    target = np.asarray(baseline_mask, bool) & roi
+    h = np.where(roi, np.nan_to_num(np.asarray(heatmap, np.float64)), 0.0)
+    return {"dice_in_roi": dice(otsu_within(h, roi), target), "pointing_in_roi": pointing_game(h, target)}
+
+
+def trivial_metrics(baseline_mask: np.ndarray, roi: np.ndarray, gt: np.ndarray | None = None) -> dict:
+    """The quality figures a map that knows nothing but the ROI scores: a constant inside the ROI.
+
+    Printed next to every ROI-mode figure: an explanation is only informative
+    where it beats this.
+    """
+    trivial = np.asarray(roi, np.float64)
+    whole = heatmap_metrics(trivial, baseline_mask, gt)
+    inside = roi_metrics(trivial, baseline_mask, roi)
+    out = {f"trivial_{k}": whole[k] for k in ("dice_vs_baseline", "dice_vs_gt", "pointing_game")}
+    out.update({f"trivial_{k}": v for k, v in inside.items()})
     return out
 
 

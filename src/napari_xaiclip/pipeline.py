@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .explain import Explanation, Progress, iter_explain
-from .metrics import deletion_insertion, heatmap_metrics
+from .metrics import deletion_insertion, heatmap_metrics, roi_metrics, trivial_metrics
 from .roi import clean_roi, roi_bbox, roi_from_map
 
 __all__ = [
     "METRIC_FIELDS",
+    "ROI_FIELDS",
     "SliceResult",
     "box_from_mask",
     "expand_modes",
@@ -29,6 +30,12 @@ __all__ = [
 METRIC_FIELDS = ["method", "mode", "n_forward", "n_patch", "n_patch_full", "rho", "seconds", "gflops",
                  "dice_vs_baseline", "iou_vs_baseline", "dice_vs_gt", "iou_vs_gt", "pointing_game",
                  "deletion_auc", "insertion_auc"]
+#: Quality inside the ROI and the trivial map's figures (a constant inside the ROI) beside them:
+#: an ROI-guided map is zero outside its ROI, so the whole-slice overlap figures above largely
+#: measure the ROI; these do not (see docs/methods.md, "Reading the metrics").
+ROI_FIELDS = ["dice_in_roi", "pointing_in_roi", "trivial_dice_in_roi", "trivial_pointing_in_roi",
+              "trivial_dice_vs_baseline", "trivial_dice_vs_gt", "trivial_pointing_game",
+              "trivial_deletion_auc", "trivial_insertion_auc"]
 #: Extra columns some methods add (SegX's uncertainty).
 EXTRA_FIELDS = ["segu"]
 
@@ -79,7 +86,7 @@ def localize(localizer, slice2d: np.ndarray, prompt: str, sigma: float = 2.0, th
 
 def _record(ex: Explanation, metrics: dict, warnings: Sequence[str] = ()) -> dict:
     s = ex.summary()
-    rec = {k: metrics.get(k, s.get(k)) for k in METRIC_FIELDS}  # every contract column, None when not measured
+    rec = {k: metrics.get(k, s.get(k)) for k in METRIC_FIELDS + ROI_FIELDS}  # None when not measured
     for k, v in metrics.items():
         if k not in rec and not k.endswith("_curve"):
             rec[k] = v
@@ -100,6 +107,17 @@ def _roi_warnings(segmenter, slice2d, box, roi, curve_ctx, seed: int) -> list[st
     base = from_model_input(ctx.base_mask.float().cpu().numpy(), ctx.geometry) > 0.5
     warning = roi_overlap_warning(roi, box, base)
     return [warning] if warning else []
+
+
+def _trivial_curves(segmenter, roi, curve_ctx, steps: int, seed: int) -> dict:
+    """Deletion/insertion AUC of the constant-in-ROI map (once per slice, when curves are on)."""
+    from .roi import roi_to_model
+
+    if curve_ctx is None or roi is None or not np.any(roi):
+        return {}
+    trivial = roi_to_model(np.asarray(roi, bool), curve_ctx.size, segmenter.keep_aspect).astype(np.float64)
+    curves = deletion_insertion(curve_ctx, trivial, steps=steps, seed=seed)
+    return {"trivial_deletion_auc": curves["deletion_auc"], "trivial_insertion_auc": curves["insertion_auc"]}
 
 
 def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[str], modes=("traditional", "roi"),
@@ -138,6 +156,7 @@ def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[st
             if on_warning is not None:
                 on_warning(w)
         warnings += found
+    trivial_curves = _trivial_curves(segmenter, roi, curve_ctx, curve_steps, seed)
     for j, (method, mode) in enumerate(jobs):
         label = f"{method} ({mode})"
         gen = iter_explain(method, segmenter, slice2d, box=box, roi=roi if mode == "roi" else None, gt=gt,
@@ -151,6 +170,9 @@ def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[st
                 break
             yield j, len(jobs), label, progress
         metrics = heatmap_metrics(ex.heatmap, ex.baseline_mask, gt)
+        if roi is not None and np.any(roi):
+            metrics.update(roi_metrics(ex.heatmap, ex.baseline_mask, roi))
+            metrics.update(trivial_metrics(ex.baseline_mask, roi, gt), **trivial_curves)
         if curve_ctx is not None:
             metrics.update(deletion_insertion(curve_ctx, ex.model_heatmap, steps=curve_steps, seed=seed))
         results.append(SliceResult(ex, _record(ex, metrics, warnings)))

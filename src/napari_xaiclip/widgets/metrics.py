@@ -23,19 +23,20 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..pipeline import METRIC_FIELDS
+from ..pipeline import METRIC_FIELDS, ROI_FIELDS
 from ._common import notify_error, notify_info
 
 if TYPE_CHECKING:
     import napari
 
 #: Table columns; the warnings ("⚠ n", the texts as tooltip) next to the method, never scrolled out of view.
-COLUMNS = ["image", "slice"] + METRIC_FIELDS[:2] + ["warnings"] + METRIC_FIELDS[2:] + ["segu"]
+COLUMNS = ["image", "slice"] + METRIC_FIELDS[:2] + ["warnings"] + METRIC_FIELDS[2:] + ROI_FIELDS + ["segu"]
 #: Extra fields of the CSV export (the JSON keeps every field of every record).
 EXPORT_EXTRA = ["run_id", "model", "target", "segmenter", "segmenter_trained_on"]
 #: Columns shown until the user picks others under "Columns…"; hidden ones are still exported.
-DEFAULT_VISIBLE = ["slice", "method", "mode", "warnings", "n_forward", "rho", "seconds", "dice_vs_baseline",
-                   "dice_vs_gt", "deletion_auc"]
+DEFAULT_VISIBLE = ["slice", "method", "mode", "warnings", "n_forward", "seconds", "dice_in_roi",
+                   "trivial_dice_in_roi", "pointing_in_roi", "trivial_pointing_in_roi", "deletion_auc",
+                   "trivial_deletion_auc"]
 
 
 class _NumberItem(QTableWidgetItem):

@@ -50,7 +50,7 @@ def _comparison_rows(ctx):
                               n_fillers=20 if ctx["quick"] else 50),
         }
         for name, ex in maps.items():
-            h = -ex.heatmap if name == "causal" else ex.heatmap  # causal: negative = supporting
+            h = ex.heatmap  # one sign for every method: positive = supports
             pos = np.clip(h, 0, None)
             total = pos.sum()
             rows[name].append({

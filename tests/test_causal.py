@@ -103,17 +103,17 @@ def test_exactly_the_supporting_block_gets_an_ate(seg, sl):
     assert ex.method == "causal" and ex.mode == "traditional"
     vals = _block_values(ex.model_heatmap)
     expected = np.zeros((4, 4))
-    expected[BLOCK_A] = -100.0  # Dice 1 -> 0 for every filler, in percentage points
+    expected[BLOCK_A] = 100.0  # Dice 1 -> 0 for every filler: 100 points of support (positive = supports)
     np.testing.assert_allclose(vals, expected, atol=1e-4)
     # 16 blocks, 4 touch the target square: 12 candidates, all screened, one fully evaluated
     assert (ex.n_patch, ex.n_patch_full, ex.rho) == (12, 12, 1.0)
     info = ex.info
-    assert info["blocks"] == {"negative": 1, "positive": 0, "zero": 0, "skipped": 11}
+    assert info["blocks"] == {"supporting": 1, "hindering": 0, "zero": 0, "skipped": 11}
     assert info["n_screened"] == 12 and info["n_full_evaluated"] == 1
     hist = info["histogram"]
     assert len(hist["counts"]) == 10 and sum(hist["counts"]) == 1 and len(hist["edges"]) == 11
-    assert hist["edges"][0] <= -100.0 <= hist["edges"][-1]
-    assert info["nonzero_blocks"] == [[0, 0, -100.0]]
+    assert hist["edges"][0] <= 100.0 <= hist["edges"][-1]
+    assert info["nonzero_blocks"] == [[0, 0, 100.0]]
     assert info["bank"]["source"] == "given"
     # forwards: baseline + 12 x 3 screening + 1 x (10 - 3) full, counted by the network too
     assert ex.n_forward == 1 + 12 * 3 + 7 == seg.module.images
@@ -132,13 +132,13 @@ def test_signs_with_a_probability_target(seg, sl):
     vals = _block_values(ex.model_heatmap)
     base = _sig(2.0)
     expected = np.zeros((4, 4))
-    expected[BLOCK_A] = 100 * (_sig(4 * 0.2 - 2) - base)
-    expected[BLOCK_B] = 100 * (_sig(4 - 2 * 0.2) - base)
+    expected[BLOCK_A] = -100 * (_sig(4 * 0.2 - 2) - base)  # support = -ATE
+    expected[BLOCK_B] = -100 * (_sig(4 - 2 * 0.2) - base)
     np.testing.assert_allclose(vals, expected, atol=1e-3)
-    assert ex.info["blocks"] == {"negative": 1, "positive": 1, "zero": 0, "skipped": 10}
+    assert ex.info["blocks"] == {"supporting": 1, "hindering": 1, "zero": 0, "skipped": 10}
     # raise the threshold above B's effect (0.0926): B is screened out
     ex = explain("causal", seg, sl, block=B, n_fillers=6, filler_bank=BANK, target="roi-prob", threshold=0.1)
-    assert ex.info["blocks"] == {"negative": 1, "positive": 0, "zero": 0, "skipped": 11}
+    assert ex.info["blocks"] == {"supporting": 1, "hindering": 0, "zero": 0, "skipped": 11}
     assert _block_values(ex.model_heatmap)[BLOCK_B] == 0
 
 
@@ -156,9 +156,9 @@ def test_screening_and_the_ate_threshold(seg, sl, monkeypatch):
     ate_b = (_sig(4.0) - base) / 4   # +0.025 < 0.05: passed screening (0.10), then set to 0
     assert abs(ate_b) < 0.05 < abs(_sig(4.0) - base)
     vals = _block_values(ex.model_heatmap)
-    assert vals[BLOCK_A] == pytest.approx(100 * ate_a, abs=1e-3)
+    assert vals[BLOCK_A] == pytest.approx(-100 * ate_a, abs=1e-3)
     assert vals[BLOCK_B] == 0
-    assert ex.info["blocks"] == {"negative": 1, "positive": 0, "zero": 1, "skipped": 10}
+    assert ex.info["blocks"] == {"supporting": 1, "hindering": 0, "zero": 1, "skipped": 10}
     assert ex.info["n_full_evaluated"] == 2
     assert ex.n_forward == 1 + 12 * 1 + 2 * 3
 
@@ -172,7 +172,7 @@ def test_roi_mode_evaluates_blocks_touching_the_roi(seg, sl):
     assert ex.info["n_screened"] == 6
     assert ex.n_forward == 1 + 6 * 3 + 1 * 2
     assert np.all(ex.heatmap[~roi] == 0)
-    np.testing.assert_allclose(ex.heatmap[0:8, 0:8], -100.0, atol=1e-4)
+    np.testing.assert_allclose(ex.heatmap[0:8, 0:8], 100.0, atol=1e-4)
 
 
 def test_bank_from_slices_at_any_resolution(seg, sl):
@@ -188,7 +188,7 @@ def test_self_bank_avoids_the_target_region(seg, sl):
     ex = explain("causal", seg, sl, block=B, n_fillers=20)
     assert ex.info["bank"] == {"source": "self", "images": 4, "tiles": 20}
     vals = _block_values(ex.model_heatmap)
-    assert vals[BLOCK_A] < -50  # most tiles of the slice are background (0.1)
+    assert vals[BLOCK_A] > 50  # most tiles of the slice are background (0.1): A supports
     others = vals.copy()
     others[BLOCK_A] = 0
     assert np.all(others == 0)

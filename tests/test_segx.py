@@ -151,22 +151,23 @@ def test_segx_forwards_the_base_progress(conv):
     assert ex.method == "segx"
 
 
-def test_segx_uses_the_roi_as_region_and_orients_causal_maps():
+def test_causal_is_refused_as_base_because_its_segx_map_would_be_zero():
+    seg = make_segmenter(TwoBlockNet(), S)
+    sl = np.full((S, S), 0.1, np.float32)
+    params = {"block": 8, "n_fillers": 4, "filler_bank": BANK}
+    with pytest.raises(ValueError, match="causal cannot be SegX's base"):
+        explain("segx", seg, sl, base="causal", base_params=params)
+
+
+def test_a_causal_map_is_positive_where_the_block_supports_the_segmentation():
+    """One sign for every method: block A's replacement costs the whole Dice, so it supports (+100)."""
     seg = make_segmenter(TwoBlockNet(), S)
     sl = np.full((S, S), 0.1, np.float32)
     sl[0:8, 0:8] = 1.0
     sl[24:32, 0:8] = 1.0
-    params = {"block": 8, "n_fillers": 4, "filler_bank": BANK}
-    # causal: -100 on block A, outside the target square. Negated, its mass lies in block A.
-    ex = explain("segx", seg, sl, base="causal", base_params=params)
-    assert ex.info["segu"] == 1.0  # all of it outside the baseline mask
-    assert np.all(ex.maps["segx"] == 0)  # causal blocks never lie inside the target region
-    roi = np.zeros((S, S), bool)
-    roi[:, 0:12] = True  # contains block A
-    ex = explain("segx", seg, sl, roi=roi, base="causal", base_params=params)
-    assert ex.info["segu_region"] == "roi"
-    assert ex.info["segu"] == 0.0
-    np.testing.assert_allclose(ex.maps["base"][0:8, 0:8], -100.0, atol=1e-4)
+    ex = explain("causal", seg, sl, block=8, n_fillers=4, filler_bank=BANK)
+    np.testing.assert_allclose(ex.model_heatmap[0:8, 0:8], 100.0, atol=1e-4)
+    assert ex.model_heatmap.max() == pytest.approx(100.0, abs=1e-4)
 
 
 @pytest.mark.parametrize("kwargs,pattern", [

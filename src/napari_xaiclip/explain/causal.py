@@ -14,10 +14,11 @@ Screening keeps the cost down: each candidate is first filled with
 reused) and ``ATE = mean_k(target_k - target_base)``; ``|ATE| < threshold``
 counts as 0. All forwards go through the shared engine in batches.
 
-Sign and units: the heatmap is the ATE in Dice **percentage points** (x100).
-A **negative** value means the block *supported* the segmentation (replacing
-it lowered Dice), a positive value that it hindered it. This is the opposite
-sign of occlusion, whose attribution is ``baseline - perturbed``.
+Sign and units: the heatmap is ``-ATE`` in Dice **percentage points** (x100),
+the Dice lost when the block is replaced, so that, as for every method of this
+package, **positive = the block supported the segmentation** (replacing it
+lowered Dice) and negative = it hindered it. This is occlusion's sign
+(``baseline - perturbed``); ``info`` keeps the ATE itself.
 """
 
 from __future__ import annotations
@@ -157,11 +158,11 @@ def causal(ctx: Context, block: int | None = None, n_fillers: int = 50, n_screen
     copies (left-right, up-down, both), at random positions that never overlap the
     target region; ``info["bank"]["source"]`` is then "self".
 
-    The heatmap is the ATE in Dice percentage points; **negative = the block
-    supported the segmentation** (opposite to occlusion's sign). ``n_patch`` is
+    The heatmap is ``-ATE`` in Dice percentage points: **positive = the block
+    supported the segmentation**, the sign of every other method. ``n_patch`` is
     the number of candidate blocks evaluated, ``n_patch_full`` that of the whole
-    image (traditional mode). ``info`` holds block counts by sign ("negative",
-    "positive", "zero", "skipped"), a 10-bin histogram of the nonzero ATEs,
+    image (traditional mode). ``info`` holds block counts by sign ("supporting",
+    "hindering", "zero", "skipped"), a 10-bin histogram of the nonzero map values,
     ``n_screened`` and ``n_full_evaluated``.
 
     Raises
@@ -200,8 +201,8 @@ def causal(ctx: Context, block: int | None = None, n_fillers: int = 50, n_screen
     max_abs = np.zeros(n_c)
     upper = n_c * n_fillers
 
-    def partial():
-        return _block_map(100 * sums / np.maximum(counts, 1), cand, n_side, block, size)
+    def partial():  # support = -ATE, in percentage points
+        return _block_map(-100 * sums / np.maximum(counts, 1), cand, n_side, block, size)
 
     # stage 1: screening, items are (block, filler) block-major
     def build_screen(start, stop):
@@ -239,23 +240,25 @@ def causal(ctx: Context, block: int | None = None, n_fillers: int = 50, n_screen
     ate = np.zeros(n_c)
     ate[selected] = sums[selected] / n_fillers
     ate[np.abs(ate) < threshold] = 0.0
-    ate_pp = 100.0 * ate
-    nonzero = ate_pp[ate_pp != 0]
+    support = -100.0 * ate  # Dice percentage points lost when the block is replaced
+    nonzero = support[support != 0]
     counts_hist, edges = np.histogram(nonzero, bins=10) if len(nonzero) else (np.zeros(0, int), np.zeros(0))
     rows, cols = np.divmod(cand, n_side)
     info = {
-        "blocks": {"negative": int((ate_pp < 0).sum()), "positive": int((ate_pp > 0).sum()),
+        "blocks": {"supporting": int((support > 0).sum()), "hindering": int((support < 0).sum()),
                    "zero": int(len(selected) - len(nonzero)), "skipped": int(n_c - len(selected))},
         "histogram": {"counts": counts_hist.astype(int).tolist(), "edges": edges.round(6).tolist()},
         "n_screened": int(n_c), "n_full_evaluated": int(len(selected)),
         "grid": [n_side, n_side],
-        "nonzero_blocks": ([[int(r), int(c), round(float(v), 6)] for r, c, v in zip(rows, cols, ate_pp) if v != 0]
+        "nonzero_blocks": ([[int(r), int(c), round(float(v), 6)] for r, c, v in zip(rows, cols, support) if v != 0]
                            if len(nonzero) <= 64 else None),
         "bank": {"source": source, "images": int(len(images)), "tiles": int(len(pool))},
-        "units": "Dice percentage points; negative = the block supported the segmentation",
+        "units": "Dice percentage points lost when the block is replaced (-ATE); positive = the block "
+                 "supported the segmentation",
+        "ate_pp": "the heatmap negated",
     }
     if warnings:
         info["causal_warnings"] = warnings
-    heat = _block_map(ate_pp, cand, n_side, block, size)
+    heat = _block_map(support, cand, n_side, block, size)
     yield ctx.progress(total, total, heat, "causal ATE")
     return finish(ctx, "causal", params, heat, n_patch=int(n_c), n_patch_full=int(n_full), info=info)

@@ -8,8 +8,9 @@
   region, 1 when it lies entirely outside (or has no positive mass). The region is
   the ROI when one is given, else the baseline mask.
 
-Maps are oriented so that high = important: every base method's own sign,
-except ``"causal"`` whose map is negated (its negative values mark support).
+Every base map is oriented positive = supports the segmentation. ``"causal"``
+is refused as a base: it only scores blocks outside the baseline mask, so its
+SegX map (explanation x mask) would be zero everywhere.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def segx(ctx: Context, base: str = "occlusion", base_params: dict | None = None,
 
     Parameters
     ----------
-    base : name of the base explainer (any of ``explain``'s methods but "segx"). Default: "occlusion".
+    base : name of the base explainer (any of ``explain``'s methods but "segx" and "causal"). Default: "occlusion".
     base_params : the base explainer's own parameters. Default: its defaults.
     top_percent : share of the mask's pixels kept in the display map. Default: 5.0.
 
@@ -90,14 +91,18 @@ def segx(ctx: Context, base: str = "occlusion", base_params: dict | None = None,
     Raises
     ------
     ValueError
-        Unknown or recursive base, unknown base parameters, top_percent outside (0, 100].
+        Unknown, recursive or causal base, unknown base parameters, top_percent outside (0, 100].
     """
     from . import _methods
 
     table = _methods()
     if base == "segx" or base not in table:
         raise ValueError(f"unknown base explainer {base!r} for segx; choose from "
-                         f"{', '.join(sorted(k for k in table if k != 'segx'))}")
+                         f"{', '.join(sorted(k for k in table if k not in ('segx', 'causal')))}")
+    if base == "causal":
+        raise ValueError("causal cannot be SegX's base: it scores only blocks outside the segmentation, so "
+                         "SegX (explanation x mask) would be zero everywhere; choose occlusion, rise, lime, ig "
+                         "or gradcam")
     if not 0 < float(top_percent) <= 100:
         raise ValueError(f"top_percent is a percentage in (0, 100], got {top_percent}")
     fn = table[base]
@@ -108,7 +113,7 @@ def segx(ctx: Context, base: str = "occlusion", base_params: dict | None = None,
         raise ValueError(f"unknown parameters for {base}: {sorted(unknown)}; known: {sorted(known)}")
     inner = yield from fn(ctx, **base_params)
     base_map = np.nan_to_num(np.asarray(inner.model_heatmap, np.float64))
-    expl = -base_map if base == "causal" else base_map
+    expl = base_map
     mask = ctx.base_mask.cpu().numpy()
     seg_map = np.where(mask, expl, 0.0)
     display = np.where(top_percent_mask(seg_map, mask, float(top_percent)), seg_map, 0.0)

@@ -114,3 +114,20 @@ def test_nrrd_source_gets_nrrd_outputs_in_its_own_grid(tmp_path, capsys, name):
     plane = np.take(values, on[0, axis[0]], axis=axis[0])
     expected = (plane - plane.min()) / (plane.max() - plane.min()) > 0.5
     np.testing.assert_array_equal(np.take(seg, on[0, axis[0]], axis=axis[0]) == LABEL_VALUE, expected)
+
+
+def test_segmenter_roi_cost_is_one_segmenter_forward(tmp_path, capsys):
+    folder, _, _, _ = write_series(tmp_path / "series", "axial", shape=(3, ROWS, COLS))
+    out = tmp_path / "out"
+    args = [a for a in TOY if a not in ("none", "traditional")]
+    args[args.index("--roi") + 1:args.index("--roi") + 1] = ["segmenter"]
+    args[args.index("--mode") + 1:args.index("--mode") + 1] = ["both"]
+    code = main(["explain", str(folder), "--slice", "1", "--box", "0", "0", str(COLS - 1), str(ROWS - 1),
+                 "--out", str(out), *args])
+    assert code == 0, capsys.readouterr().err
+    records = {r["mode"]: r for r in json.loads((out / "metrics.json").read_text())}
+    gflops = bright_segmenter().gflops
+    assert records["roi"]["roi_gflops"] == pytest.approx(gflops, rel=1e-4, abs=1e-6)
+    assert records["roi"]["roi_seconds"] > 0
+    assert records["roi"]["total_gflops"] == pytest.approx(records["roi"]["gflops"] + gflops, rel=1e-4, abs=1e-5)
+    assert records["traditional"]["total_gflops"] == pytest.approx(records["traditional"]["gflops"], abs=1e-6)

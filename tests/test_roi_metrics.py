@@ -88,3 +88,23 @@ def test_records_carry_in_roi_figures_and_the_trivial_baseline():
             roi_metrics(r.explanation.heatmap, r.explanation.baseline_mask, roi)["dice_in_roi"], abs=1e-6)
     # the trivial curves are computed once per slice: the same in every record
     assert len({r.record["trivial_deletion_auc"] for r in results}) == 1
+
+
+def test_roi_mode_totals_include_the_roi_cost_and_traditional_totals_do_not():
+    from toy_models import IdentityProbNet, make_segmenter
+
+    from napari_xaiclip.pipeline import explain_slice
+
+    image = np.random.default_rng(2).random((32, 32)).astype(np.float32)
+    roi = np.zeros((32, 32), bool)
+    roi[8:24, 8:24] = True
+    seg = make_segmenter(IdentityProbNet(), size=32, normalize="minmax", counting=False)
+    results = explain_slice(seg, image, (4, 4, 28, 28), ["occlusion"], "both", roi=roi, curves=False,
+                            params={"occlusion": {"patch": 8, "stride": 8}}, roi_cost=(0.5, 2.0))
+    by_mode = {r.record["mode"]: r for r in results}
+    trad, guided = by_mode["traditional"], by_mode["roi"]
+    assert guided.record["total_seconds"] == pytest.approx(guided.explanation.seconds + 0.5, abs=1e-5)
+    assert guided.record["total_gflops"] == pytest.approx(guided.explanation.gflops + 2.0, abs=1e-5)
+    assert trad.record["total_seconds"] == pytest.approx(trad.explanation.seconds, abs=1e-5)
+    assert trad.record["total_gflops"] == pytest.approx(trad.explanation.gflops, abs=1e-5)
+    assert trad.record["roi_seconds"] == guided.record["roi_seconds"] == 0.5

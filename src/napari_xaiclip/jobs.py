@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import numpy as np
 from .io import Volume, load_volume
 from .outputs import LABEL_VALUE, ROI_STEM, SEGMENTATION_STEM, figure_name, heatmap_stem, write_volume
 from .labels import describe_labels, label_table, labels_from_volume, organ_value
-from .pipeline import METRIC_FIELDS, ROI_FIELDS, box_from_mask, expand_modes, iter_explain_slice, localize
+from .pipeline import COST_FIELDS, METRIC_FIELDS, ROI_FIELDS, box_from_mask, expand_modes, iter_explain_slice, localize
 from .preprocess import PRESETS, apply_preset
 from .slicing import check_slice, put_slice, take_slice
 
@@ -35,9 +36,9 @@ __all__ = ["CASE_FIELDS", "CONSOLE_FIELDS", "Case", "PreparedCase", "bank_slices
 LABELS_ROI_TAUTOLOGY = ("the ROI comes from the same labels as the ground truth: in ROI-guided mode dice_vs_gt, "
                         "iou_vs_gt and pointing_game measure the labels, not the explanation; read dice_in_roi, "
                         "pointing_in_roi and deletion/insertion AUC beside their trivial_* baselines")
-CASE_FIELDS = METRIC_FIELDS[:2] + ["slice"] + METRIC_FIELDS[2:] + ROI_FIELDS
+CASE_FIELDS = METRIC_FIELDS[:2] + ["slice"] + METRIC_FIELDS[2:] + ROI_FIELDS + COST_FIELDS
 #: The table printed on the terminal: cost, quality inside the ROI beside the trivial map's, faithfulness.
-CONSOLE_FIELDS = ["method", "mode", "slice", "n_forward", "seconds", "dice_vs_baseline", "dice_in_roi",
+CONSOLE_FIELDS = ["method", "mode", "slice", "n_forward", "total_seconds", "total_gflops", "dice_vs_baseline", "dice_in_roi",
                   "trivial_dice_in_roi", "pointing_in_roi", "trivial_pointing_in_roi", "deletion_auc",
                   "trivial_deletion_auc", "insertion_auc", "trivial_insertion_auc"]
 #: Where the ROI of ROI-guided mode comes from.
@@ -222,19 +223,36 @@ def _slice_inputs(prep: PreparedCase, index: int, seg, localizer):
     case = prep.case
     image, box, gt = slice_box_and_gt(prep, index)
     raw = take_slice(prep.volume.data, case.axis, index)
-    roi, score = None, None
+    roi, score, cost = None, None, None
     if "roi" in prep.modes or case.roi == "labels":
         from .roi import clean_roi
 
+        roi_gflops = _roi_gflops(case.roi, seg, localizer)  # counted outside the timed region
+        t0 = time.perf_counter()
         if case.roi == "labels":
             roi = clean_roi(gt, margin=_roi_margin(case)) if gt.any() else None
         elif case.roi == "segmenter":
             roi = clean_roi(seg.segment(image, box=box) > 0.5, margin=_roi_margin(case))
         elif case.roi == "localizer":
             roi, score = localize(localizer, image, prep.prompt.resolved, margin=_roi_margin(case))
+        cost = (time.perf_counter() - t0, roi_gflops)
     if "roi" in prep.modes and (roi is None or not roi.any()):
         raise ValueError(f"the ROI is empty on slice {index}; try another --prompt, --roi labels or --mode traditional")
-    return image, raw, gt, box, roi, score
+    return image, raw, gt, box, roi, score, cost
+
+
+def _roi_gflops(source: str, seg, localizer) -> float | None:
+    """GFLOPs of one ROI extraction: a localizer or segmenter forward, nothing for labels."""
+    if source == "segmenter":
+        return float(seg.gflops)
+    if source == "localizer" and localizer is not None:
+        from .models import localizer_gflops
+
+        try:
+            return float(localizer_gflops(localizer))
+        except (AttributeError, RuntimeError, TypeError):  # a localizer the counter cannot trace
+            return None
+    return 0.0
 
 
 def _prompt_text(prep: PreparedCase) -> str:
@@ -307,12 +325,13 @@ def _run(prep: PreparedCase, seg, loc, stage: Path, on_progress, save_figure, wa
     records = []
     multi = len(prep.slices) > 1
     for n, index in enumerate(prep.slices):
-        image, raw, gt, box, roi, score = _slice_inputs(prep, index, seg, loc)
+        image, raw, gt, box, roi, score, roi_cost = _slice_inputs(prep, index, seg, loc)
         params = dict(case.params)
         if "causal" in case.methods and "bank_slices" not in params.get("causal", {}):
             params["causal"] = {**params.get("causal", {}), "bank_slices": bank_slices(prep, index)}
         gen = iter_explain_slice(seg, image, box, case.methods, prep.modes, roi=roi, gt=gt, score_map=score,
                                  seed=case.seed, params=params, curves=case.curves, warnings=warnings,
+                                 roi_cost=roi_cost,
                                  on_warning=lambda w, i=index: say("warning", f"slice {i}: {w}"))
         while True:
             try:

@@ -18,6 +18,7 @@ from .roi import clean_roi, roi_bbox, roi_from_map
 __all__ = [
     "METRIC_FIELDS",
     "ROI_FIELDS",
+    "COST_FIELDS",
     "SliceResult",
     "box_from_mask",
     "expand_modes",
@@ -36,6 +37,9 @@ METRIC_FIELDS = ["method", "mode", "n_forward", "n_patch", "n_patch_full", "rho"
 ROI_FIELDS = ["dice_in_roi", "pointing_in_roi", "trivial_dice_in_roi", "trivial_pointing_in_roi",
               "trivial_dice_vs_baseline", "trivial_dice_vs_gt", "trivial_pointing_game",
               "trivial_deletion_auc", "trivial_insertion_auc"]
+#: End-to-end cost: ROI-guided runs also paid for their ROI (the localizer's or segmenter's forward);
+#: ``total_*`` = the explanation's cost plus, in ROI mode, the ROI's.
+COST_FIELDS = ["roi_seconds", "roi_gflops", "total_seconds", "total_gflops"]
 #: Extra columns some methods add (SegX's uncertainty).
 EXTRA_FIELDS = ["segu"]
 
@@ -86,7 +90,7 @@ def localize(localizer, slice2d: np.ndarray, prompt: str, sigma: float = 2.0, th
 
 def _record(ex: Explanation, metrics: dict, warnings: Sequence[str] = ()) -> dict:
     s = ex.summary()
-    rec = {k: metrics.get(k, s.get(k)) for k in METRIC_FIELDS + ROI_FIELDS}  # None when not measured
+    rec = {k: metrics.get(k, s.get(k)) for k in METRIC_FIELDS + ROI_FIELDS + COST_FIELDS}  # None: not measured
     for k, v in metrics.items():
         if k not in rec and not k.endswith("_curve"):
             rec[k] = v
@@ -109,6 +113,14 @@ def _roi_warnings(segmenter, slice2d, box, roi, curve_ctx, seed: int) -> list[st
     return [warning] if warning else []
 
 
+def _cost(ex: Explanation, mode: str, roi_cost: tuple | None) -> dict:
+    seconds, gflops = (None, None) if roi_cost is None else roi_cost
+    paid_seconds = float(seconds or 0.0) if mode == "roi" else 0.0
+    paid_gflops = float(gflops or 0.0) if mode == "roi" else 0.0
+    return {"roi_seconds": seconds, "roi_gflops": gflops,
+            "total_seconds": ex.seconds + paid_seconds, "total_gflops": ex.gflops + paid_gflops}
+
+
 def _trivial_curves(segmenter, roi, curve_ctx, steps: int, seed: int) -> dict:
     """Deletion/insertion AUC of the constant-in-ROI map (once per slice, when curves are on)."""
     from .roi import roi_to_model
@@ -124,7 +136,7 @@ def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[st
                        roi: np.ndarray | None = None, gt: np.ndarray | None = None,
                        score_map: np.ndarray | None = None, seed: int = 0, params: dict | None = None,
                        curves: bool = True, curve_steps: int = 50, batch_size="auto", target: str = "dice",
-                       warnings: Sequence[str] = (), on_warning=None,
+                       warnings: Sequence[str] = (), on_warning=None, roi_cost: tuple | None = None,
                        ) -> Generator[tuple[int, int, str, Progress], None, list[SliceResult]]:
     """Explain one slice with several methods and modes.
 
@@ -133,7 +145,8 @@ def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[st
     explained target (deletion/insertion always use Dice against the baseline).
     ``warnings`` (known beforehand, e.g. a phantom model on a real scan) and the
     ROI-overlap check's warning go into every record's ``warnings``; the latter is
-    also passed to ``on_warning(text)`` before any explainer runs.
+    also passed to ``on_warning(text)`` before any explainer runs. ``roi_cost`` is
+    ``(seconds, gflops)`` spent getting the ROI; ROI-mode records add it to their totals.
 
     Raises
     ------
@@ -175,6 +188,7 @@ def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[st
             metrics.update(trivial_metrics(ex.baseline_mask, roi, gt), **trivial_curves)
         if curve_ctx is not None:
             metrics.update(deletion_insertion(curve_ctx, ex.model_heatmap, steps=curve_steps, seed=seed))
+        metrics.update(_cost(ex, mode, roi_cost))
         results.append(SliceResult(ex, _record(ex, metrics, warnings)))
     return results
 

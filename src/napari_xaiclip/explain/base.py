@@ -118,6 +118,7 @@ class Context:
     def __init__(self, segmenter, slice2d: np.ndarray, box=None, points=None, point_labels=None,
                  roi: np.ndarray | None = None, target: str | Target = "dice", gt: np.ndarray | None = None,
                  score_map: np.ndarray | None = None, batch_size: int | str = "auto", seed: int = 0):
+        segmenter.gflops  # counted once per model, before the clock starts: not part of any run's time
         self.t0 = time.perf_counter()
         self.seg = segmenter
         self.slice = _check_slice(slice2d)

@@ -23,14 +23,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..pipeline import METRIC_FIELDS, ROI_FIELDS
+from ..pipeline import COST_FIELDS, METRIC_FIELDS, ROI_FIELDS
 from ._common import notify_error, notify_info
 
 if TYPE_CHECKING:
     import napari
 
 #: Table columns; the warnings ("⚠ n", the texts as tooltip) next to the method, never scrolled out of view.
-COLUMNS = ["image", "slice"] + METRIC_FIELDS[:2] + ["warnings"] + METRIC_FIELDS[2:] + ROI_FIELDS + ["segu"]
+COLUMNS = ["image", "slice"] + METRIC_FIELDS[:2] + ["warnings"] + METRIC_FIELDS[2:] + ROI_FIELDS + COST_FIELDS + ["segu"]
 #: Extra fields of the CSV export (the JSON keeps every field of every record).
 EXPORT_EXTRA = ["run_id", "model", "target", "segmenter", "segmenter_trained_on"]
 #: Columns shown until the user picks others under "Columns…"; hidden ones are still exported.

@@ -42,6 +42,15 @@ def test_roi_from_map_disc_is_recovered():
     assert not np.any(roi[~_disc_r(14.0)])
 
 
+def test_roi_from_map_keeps_a_pixel_exactly_at_the_threshold():
+    """The documented contract is ``>=``: values equal to the threshold are in the ROI."""
+    score = np.array([[0.25, 0.5, 0.75], [0.5, 0.5, 0.0]])
+    np.testing.assert_array_equal(roi_from_map(score, sigma=0, threshold=0.5),
+                                  [[False, True, True], [True, True, False]])
+    np.testing.assert_array_equal(roi_from_map(score, sigma=0, threshold=0.75),
+                                  [[False, False, True], [False, False, False]])
+
+
 def test_roi_from_map_without_smoothing_is_the_threshold():
     rng = np.random.default_rng(0)
     score = rng.random((20, 30))

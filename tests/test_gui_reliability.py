@@ -19,11 +19,14 @@ LONG_RUNS = {
     "adaptive-occlusion": {"patch": 8, "stride": 2},
     "rise": {"n_masks": 2000},
     "lime": {"n_samples": 500},
-    "ig": {"n_steps": 32, "nt_samples": 16},
+    "ig": {"n_steps": 16, "nt_samples": 32},  # a batch of 4 x 16 gradient steps: well under a second
     "causal": {"n_fillers": 50, "threshold": 0.0},  # every block gets all 50 fillers, whatever the model
     "segx": {},
 }
 
+
+#: What a user accepts between Cancel (or closing napari) and the run stopping, on the test model.
+CANCEL_LATENCY_S = 2.0
 
 #: Shorter runs for the responsiveness probe: enough live updates to measure, no more.
 PROBE_RUNS = {
@@ -84,7 +87,9 @@ def test_cancel_every_method_mid_run(scene, qtbot, method):
     t0 = time.perf_counter()
     widget.run.cancel()
     qtbot.waitUntil(lambda: not widget.run.running, timeout=120_000)
-    print(f"{method}: stopped {time.perf_counter() - t0:.2f} s after Cancel, at {max(seen) / 10:.1f} %")
+    latency = time.perf_counter() - t0
+    print(f"{method}: stopped {latency:.2f} s after Cancel, at {max(seen) / 10:.1f} %")
+    assert latency < CANCEL_LATENCY_S, f"{method} took {latency:.2f} s to stop after Cancel"
     assert widget.run.status.text() == "cancelled"
     assert max(seen) < 1000
     partial = [ly for ly in viewer.layers if ly.name.endswith("[partial]")]
@@ -140,8 +145,9 @@ def test_closing_napari_during_a_run_stops_the_worker(make_napari_viewer, qtbot)
     t0 = time.perf_counter()
     viewer.close()
     qtbot.waitUntil(lambda: worker not in WorkerBase._worker_set, timeout=60_000)
-    print(f"worker stopped {time.perf_counter() - t0:.2f} s after napari closed")
-    assert worker.abort_requested
+    latency = time.perf_counter() - t0
+    print(f"worker stopped {latency:.2f} s after napari closed")
+    assert worker.abort_requested and latency < CANCEL_LATENCY_S
 
 
 @pytest.mark.parametrize("method", ["occlusion", "adaptive-occlusion", "rise", "lime", "ig", "gradcam", "causal",

@@ -224,11 +224,12 @@ def test_guided_occlusion_windows_costs_and_values(linear_setup, patch, stride):
     # baseline mask; "roi-prob" means a different region in each mode)
     full_sd = explain("occlusion", seg, sl, roi=None, patch=patch, stride=stride, target="soft-dice")
     guided_sd = explain("occlusion", seg, sl, roi=roi, patch=patch, stride=stride, target="soft-dice")
-    np.testing.assert_allclose(guided_sd.model_heatmap[only_hit], full_sd.model_heatmap[only_hit], atol=1e-6)
-    assert np.all(guided_sd.model_heatmap[~covered_by_hit] == 0)
-    # strictly positive attributions: the support is exactly the union of evaluated windows
-    np.testing.assert_array_equal(guided.model_heatmap != 0, covered_by_hit)
-    np.testing.assert_array_equal(guided_sd.model_heatmap != 0, covered_by_hit)
+    np.testing.assert_allclose(guided_sd.model_heatmap[only_hit & roi], full_sd.model_heatmap[only_hit & roi],
+                               atol=1e-6)
+    assert np.all(guided_sd.model_heatmap[~(covered_by_hit & roi)] == 0)
+    # strictly positive attributions: the support is the union of evaluated windows, inside the ROI
+    np.testing.assert_array_equal(guided.model_heatmap != 0, covered_by_hit & roi)
+    np.testing.assert_array_equal(guided_sd.model_heatmap != 0, covered_by_hit & roi)
     # the slice heatmap is kept inside the ROI
     assert np.all(guided.heatmap[~roi] == 0)
     assert np.any(guided.heatmap[roi] != 0)
@@ -255,7 +256,7 @@ def test_guided_occlusion_top_k(linear_setup, top_k):
     assert ex.n_patch == keep
     assert ex.n_forward == keep + 1 == counter.images
     assert ex.rho == pytest.approx(keep / len(windows))
-    np.testing.assert_array_equal(ex.model_heatmap != 0, union)
+    np.testing.assert_array_equal(ex.model_heatmap != 0, union & roi)
 
 
 def test_guided_occlusion_roi_prob_target_uses_the_roi(linear_setup):

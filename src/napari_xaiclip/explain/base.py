@@ -249,6 +249,8 @@ def finish(ctx: Context, method: str, params: dict, heatmap_model: torch.Tensor 
     """Map results to the slice and fill in the Explanation (cost, ROI, baseline)."""
     hm = heatmap_model.detach().float().cpu().numpy() if isinstance(heatmap_model, torch.Tensor) else heatmap_model
     hm = np.nan_to_num(np.asarray(hm, np.float32))
+    if ctx.roi_model is not None:  # ROI-guided: no importance outside the ROI at either resolution
+        hm = np.where(ctx.roi_model.cpu().numpy().astype(bool), hm, 0.0).astype(np.float32)
     heat = ctx.to_slice(hm)
     if ctx.roi is not None:
         heat = np.where(ctx.roi, heat, 0.0).astype(np.float32)

@@ -4,9 +4,10 @@ cancelled between samples, and Grad-CAM on the image encoder.
 
 Both need a differentiable target: soft Dice against the baseline mask (used
 in place of the default Dice), the mean probability in the ROI, or the sum of
-logits inside the baseline mask. ROI mode: the integration baseline
-equals the input outside the ROI, so the path only moves inside it, and the
-map is kept inside the ROI.
+logits inside the baseline mask. ROI mode: the model sees the input outside
+the ROI whatever it is fed (the integration baseline equals the input there and
+the SmoothGrad noise is masked to the ROI), so the path and the noise only move
+ROI pixels, and the map is zero outside the ROI at both resolutions.
 """
 
 from __future__ import annotations
@@ -37,6 +38,18 @@ def _forward_fn(ctx: Context, target):
     return forward
 
 
+def _masked_forward(forward, roi: torch.Tensor, x: torch.Tensor):
+    """``forward`` of the input with every pixel outside ``roi`` held at ``x``."""
+    def masked(images):
+        return forward(torch.where(roi, images, x))
+
+    return masked
+
+
+def _keep_roi(ctx: Context, heat: torch.Tensor) -> torch.Tensor:
+    return heat if ctx.roi_model is None else torch.where(ctx.roi_model, heat, torch.zeros_like(heat))
+
+
 def integrated_gradients(ctx: Context, n_steps: int = 32, nt_samples: int = 8, stdevs: float = 0.1,
                          baseline: float = 0.0, internal_batch_size: int | None = None):
     """Integrated gradients, smoothed with NoiseTunnel (generator; returns an Explanation).
@@ -64,9 +77,14 @@ def integrated_gradients(ctx: Context, n_steps: int = 32, nt_samples: int = 8, s
               "baseline": float(baseline)}
     x = ctx.x[None].clone()
     base = torch.full_like(x, float(baseline))
-    if ctx.roi_model is not None:
-        base = torch.where(ctx.roi_model[None, None], base, x)
-    ig = IntegratedGradients(_forward_fn(ctx, tgt))
+    forward = _forward_fn(ctx, tgt)
+    roi = None if ctx.roi_model is None else ctx.roi_model[None, None]
+    if roi is not None:
+        # The model sees the input outside the ROI whatever Captum feeds it, so neither the
+        # path nor the noise can move (or be credited to) pixels outside the ROI.
+        base = torch.where(roi, base, x)
+        forward = _masked_forward(forward, roi, x)
+    ig = IntegratedGradients(forward)
     ibs = internal_batch_size or ctx.batch_size
     n = max(1, int(nt_samples))
     yield ctx.progress(0, n, None, "integrated gradients")
@@ -77,16 +95,18 @@ def integrated_gradients(ctx: Context, n_steps: int = 32, nt_samples: int = 8, s
             torch.manual_seed(ctx.seed)
             std = torch.tensor(float(stdevs), device=x.device).repeat((n,) + tuple(x.shape[1:]))
             noise = torch.normal(0, std)
+        if roi is not None:
+            noise = noise * roi
     total = torch.zeros_like(x)
     for i in range(n):  # one noise sample at a time: cancellable between samples
         xi = x if noise is None else x + noise[i:i + 1]
         with torch.enable_grad():
             total += ig.attribute(xi, baselines=base, n_steps=int(n_steps), internal_batch_size=ibs).detach()
-        yield ctx.progress(i + 1, n, (total[0] / (i + 1)).sum(0), "integrated gradients")
+        yield ctx.progress(i + 1, n, _keep_roi(ctx, (total[0] / (i + 1)).sum(0)), "integrated gradients")
     attr = total / n
     passes = int(n_steps) * max(1, int(nt_samples))
     ctx.n_forward += passes
-    heat = attr[0].sum(0)
+    heat = _keep_roi(ctx, attr[0].sum(0))  # the model-resolution map is what the curves rank
     return finish(ctx, "ig", params, heat, backward_passes=passes, target_name=tgt.name)
 
 

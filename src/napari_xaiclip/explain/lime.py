@@ -7,7 +7,7 @@ never perturbed. Samples are random on/off vectors (the first keeps every
 superpixel), scored through the shared engine; a ridge surrogate weighted by
 an exponential kernel on the cosine distance to the all-on vector gives one
 weight per superpixel. Multi-scale: Felzenszwalb at scales 50, 100 and 200,
-each map min-max normalised, then averaged.
+each map min-max normalised (over the ROI's pixels in ROI mode), then averaged.
 """
 
 from __future__ import annotations
@@ -65,12 +65,19 @@ def weighted_ridge(z: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float = 1
 
 
 def _segment_fill(ctx: Context, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """LIME's default: each superpixel replaced by its own mean."""
+    """LIME's default: each superpixel replaced by its own mean.
+
+    Pixels outside the ROI (label -1) enter no superpixel's mean; they are never
+    switched off, so their fill is the input itself.
+    """
     x = ctx.x
-    flat = labels.clamp_min(0).reshape(-1)
-    sums = torch.zeros(x.shape[0], k, device=x.device).index_add_(1, flat, x.reshape(x.shape[0], -1))
-    counts = torch.bincount(flat, minlength=k).clamp_min(1)
-    return (sums / counts)[:, flat].reshape(x.shape)
+    flat = labels.reshape(-1)
+    inside = flat >= 0
+    xf = x.reshape(x.shape[0], -1)
+    sums = torch.zeros(x.shape[0], k, device=x.device, dtype=x.dtype).index_add_(1, flat[inside], xf[:, inside])
+    counts = torch.bincount(flat[inside], minlength=k).clamp_min(1)
+    means = (sums / counts)[:, flat.clamp_min(0)]
+    return torch.where(inside, means, xf).reshape(x.shape)
 
 
 def _one_scale(ctx: Context, labels_np: np.ndarray, n_samples: int, fill: str, kernel_width: float,
@@ -147,17 +154,24 @@ def lime(ctx: Context, n_samples: int | str = "auto", algorithm: str = "felzensz
                                         f"lime {alg} {sc:g}")
         done += n
         maps.append(heat)
-        yield ctx.progress(done, total, _combine(maps, multiscale), f"lime {alg} {sc:g}")
+        yield ctx.progress(done, total, _combine(maps, multiscale, roi), f"lime {alg} {sc:g}")
     n_full = int(sum(int(f.max()) + 1 for f in full))
-    return finish(ctx, "lime", params, _combine(maps, multiscale), n_patch=int(sum(counts)),
+    return finish(ctx, "lime", params, _combine(maps, multiscale, roi), n_patch=int(sum(counts)),
                   n_patch_full=n_full, info={"superpixels": counts})
 
 
-def _combine(maps, multiscale: bool) -> np.ndarray:
+def _combine(maps, multiscale: bool, roi: np.ndarray | None = None) -> np.ndarray:
+    """The last map, or (multi-scale) the mean of the maps each min-max normalised.
+
+    With an ROI the range is taken over its pixels only and the outside stays 0:
+    the zeros outside would otherwise stretch each scale's range differently.
+    """
     if not multiscale or len(maps) == 1:
         return maps[-1].astype(np.float32)
+    inside = np.ones(maps[0].shape, bool) if roi is None else np.asarray(roi, bool)
     normed = []
     for m in maps:
-        lo, hi = m.min(), m.max()
-        normed.append((m - lo) / (hi - lo) if hi > lo else np.zeros_like(m))
+        lo, hi = m[inside].min(), m[inside].max()
+        n = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+        normed.append(np.where(inside, n, 0.0))
     return np.mean(normed, 0).astype(np.float32)

@@ -7,7 +7,8 @@ over the windows covering a pixel (Captum's convention).
 
 ROI-guided mode evaluates only windows that intersect the ROI (optionally the
 top-k % of those ranked by the localizer's mean score inside the window);
-pixels covered by no evaluated window get 0. ``rho = n_patch / n_patch_full``.
+pixels covered by no evaluated window get 0, and the map (the model-resolution
+one too) is 0 outside the ROI. ``rho = n_patch / n_patch_full``.
 """
 
 from __future__ import annotations
@@ -103,5 +104,8 @@ def occlusion(ctx: Context, patch: int | None = None, stride: int | None = None,
     yield ctx.progress(0, len(boxes), None, "occlusion")
     yield from evaluate_windows(ctx, boxes, fills, total, count, attributions)
     info = {"window_attributions": attributions.round(6).tolist() if len(boxes) <= 64 else None}
-    return finish(ctx, "occlusion", params, average(total, count), n_patch=len(boxes),
+    heat = average(total, count)
+    if ctx.roi_model is not None:  # windows reach past the ROI; the curves must see no attribution there
+        heat = torch.where(ctx.roi_model, heat, torch.zeros_like(heat))
+    return finish(ctx, "occlusion", params, heat, n_patch=len(boxes),
                   n_patch_full=len(boxes_all), info=info)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["read_card", "render_model_card"]
+__all__ = ["TEST_SEEDS", "read_card", "render_model_card"]
+
+#: Phantom seeds never used for training nor for choosing any training setting: the tests' score floors.
+TEST_SEEDS = (9001, 9002)
 
 
 def read_card(path: str | Path) -> dict:
@@ -111,6 +114,8 @@ def render_model_card(segmenter_card: dict, localizer_card: dict) -> str:
         *_segmenter_training(st),
         f"- Held-out evaluation (phantom seeds {_seeds(s.get('heldout', {}).get('seeds'))}, never used in training): "
         f"{s.get('heldout', {}).get('protocol')}.",
+        f"- Test seeds {_seeds(list(TEST_SEEDS))}: never used for training nor for any training decision "
+        "(the held-out seeds above chose the training settings); the test suite's score floors are checked there.",
         "",
         *_score_table(s.get("heldout", {}).get("dice", {}), organs),
         "",
@@ -129,6 +134,8 @@ def render_model_card(segmenter_card: dict, localizer_card: dict) -> str:
         "minutes on the CPU.",
         f"- Held-out evaluation (seeds {_seeds(lc.get('heldout', {}).get('seeds'))}): "
         f"{lc.get('heldout', {}).get('protocol')}.",
+        f"- Test seeds {_seeds(list(TEST_SEEDS))}: never used for any training decision; the test suite checks "
+        "its ROI Dice floor there.",
         "",
         "| organ | ROI Dice | slices |",
         "|---|---|---|",

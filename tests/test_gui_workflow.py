@@ -78,7 +78,11 @@ def test_prompt_roi_segmentation_and_roi_guided_occlusion(scene, qtbot, tmp_path
     expected_translate = np.array(image.translate) + np.array([index * image.scale[0], 0, 0])
     np.testing.assert_allclose(heat_layer.translate, expected_translate)
     np.testing.assert_allclose(heat_layer.scale, image.scale)
-    assert heat_layer.blending == "additive"
+    # readable over any scan: translucent, transparent where unimportant, limits from the map's own range
+    assert heat_layer.blending == "translucent" and heat_layer.colormap.name == "xaiclip importance"
+    assert heat_layer.colormap.colors[0][3] == 0
+    assert heat_layer.contrast_limits[1] == pytest.approx(
+        np.percentile(heat_layer.data[heat_layer.data > 0], 99.5), rel=1e-4)
     record = heat_layer.metadata["xaiclip_records"][0]
     for key in ("method", "mode", "params", "target", "model", "n_forward", "rho", "seconds", "gflops",
                 "axis", "slice"):

@@ -75,13 +75,26 @@ def read_volume(path):
             break
     if looks_like_labels(str(path), vol.data):
         return [(np.rint(vol.data).astype(np.int32), {"name": name, **geometry}, "labels")]
-    kwargs = {"name": name, "colormap": "gray", **geometry}
-    lo, hi = float(np.nanmin(vol.data)), float(np.nanmax(vol.data))
-    if lo < -500:  # CT in HU: open in the abdomen window radiologists start from
-        kwargs["contrast_limits"] = (-160.0, 240.0)
-    elif hi > lo:
-        kwargs["contrast_limits"] = (lo, hi)
+    kwargs = {"name": name, "colormap": "gray", **geometry, **window_kwargs(vol, geometry)}
+    _say(f"{name}: {kwargs['metadata']['xaiclip_window']}")
     return [(vol.data, kwargs, "image")]
+
+
+def window_kwargs(vol, geometry: dict) -> dict:
+    """Contrast limits from :func:`napari_xaiclip.display.initial_window` (CT from the header, head CT
+    in the brain window); the choice and its reason go into the layer's metadata."""
+    from .display import initial_window
+
+    limits, label = initial_window(vol)
+    return {"contrast_limits": limits, "metadata": {**geometry["metadata"], "xaiclip_window": label}}
+
+
+def _say(text: str) -> None:
+    try:
+        from napari.utils.notifications import show_info
+    except ImportError:  # the reader used without napari
+        return
+    show_info(text)
 
 
 #: Former name, kept for callers of the NIfTI-only reader.

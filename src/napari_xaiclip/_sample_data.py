@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._reader import window_kwargs
 from .io import layer_geometry
 from .phantom import make_phantom
 
@@ -12,9 +13,7 @@ def _sample(modality: str):
     vol, labels, names = make_phantom(shape=(48, 256, 256), modality=modality, seed=0)
     geometry = layer_geometry(vol)
     name = f"{modality.upper()} phantom"
-    image_kwargs = {"name": name, "colormap": "gray", **geometry}
-    if modality == "ct":
-        image_kwargs["contrast_limits"] = (-160.0, 240.0)
+    image_kwargs = {"name": name, "colormap": "gray", **geometry, **window_kwargs(vol, geometry)}
     label_kwargs = {"name": f"{name} labels", **layer_geometry(vol), "opacity": 0.4}
     label_kwargs["metadata"]["label_names"] = names
     label_kwargs["visible"] = False

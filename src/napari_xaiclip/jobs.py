@@ -353,7 +353,7 @@ def _run(prep: PreparedCase, seg, loc, stage: Path, on_progress, save_figure, wa
             put_slice(heat[key], case.axis, index, ex.heatmap)
             save_figure(stage / figure_name(ex.method, ex.mode, index if multi else None), raw, [
                 {"title": f"{ex.method} ({ex.mode}) · slice {index}", "heatmap": ex.heatmap,
-                 "roi": ex.roi, "mask": base_mask}], spacing=spacing)
+                 "roi": ex.roi, "mask": base_mask, "box": box}], spacing=spacing)
             records.append({"case": case.name or Path(case.volume).name, "slice": index, **r.record,
                             **prep.provenance, "roi_source": case.roi if roi is not None else None})
     for key, arr in heat.items():

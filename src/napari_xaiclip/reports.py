@@ -14,9 +14,6 @@ from .io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["display_slice", "format_table", "markdown_table", "render_panels", "save_figure", "write_metrics"]
 
-HEATMAP_CMAP = "inferno"
-
-
 def display_slice(slice2d: np.ndarray) -> np.ndarray:
     """A slice in [0, 1] for display: abdomen window for CT in HU, 1-99 % percentiles otherwise."""
     s = np.nan_to_num(np.asarray(slice2d, np.float64))
@@ -38,9 +35,11 @@ def render_panels(slice2d: np.ndarray, panels: Sequence[dict], spacing=(1.0, 1.0
     """PNG bytes of side-by-side panels over one slice.
 
     Each panel: ``{"title", "heatmap" (H, W) or None, "roi" (H, W) bool or None,
-    "mask" (H, W) bool or None}``. ROI contour in cyan, segmentation contour in
-    yellow, heatmap (positive part) in a perceptual colormap. ``crop_to`` is a
-    (x0, y0, x1, y1) box to zoom on.
+    "mask" (H, W) bool or None, "box" (x0, y0, x1, y1) or None}``. ROI contour in
+    cyan, segmentation contour in yellow, the box prompt in white dashes, the heatmap
+    in the GUI's colours (:mod:`napari_xaiclip.display`: transparent where
+    unimportant, more opaque where important; a diverging map for signed maps)
+    with a colour bar. ``crop_to`` is a (x0, y0, x1, y1) box to zoom on.
     """
     import matplotlib
 
@@ -54,12 +53,14 @@ def render_panels(slice2d: np.ndarray, panels: Sequence[dict], spacing=(1.0, 1.0
     for ax, panel in zip(axes[0], panels):
         ax.imshow(base, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
         heat = panel.get("heatmap")
-        if heat is not None:
-            h = np.clip(np.nan_to_num(np.asarray(heat, np.float64)), 0, None)
-            if h.max() > 0:
-                h = h / h.max()
-                ax.imshow(np.ma.masked_less_equal(h, 0.02), cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=0.65,
-                          aspect=aspect, interpolation="bilinear")
+        if heat is not None and np.any(np.nan_to_num(np.asarray(heat, np.float64)) != 0):
+            _draw_heatmap(fig, ax, np.nan_to_num(np.asarray(heat, np.float64)), aspect)
+        if panel.get("box") is not None:
+            from matplotlib.patches import Rectangle
+
+            x0, y0, x1, y1 = (float(v) for v in panel["box"])
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white",
+                                   linestyle="--", linewidth=1.0))
         for key, colour in (("roi", "cyan"), ("mask", "yellow")):
             m = panel.get(key)
             if m is not None and np.any(m):
@@ -75,6 +76,22 @@ def render_panels(slice2d: np.ndarray, panels: Sequence[dict], spacing=(1.0, 1.0
     data = _figure_bytes(fig)
     plt.close(fig)
     return data
+
+
+def _draw_heatmap(fig, ax, h: np.ndarray, aspect: float) -> None:
+    """The heatmap over the slice with its colour bar, in the GUI's colours and limits."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    from .display import heatmap_style
+
+    style = heatmap_style(h)
+    spec = style["colormap"]
+    cmap = LinearSegmentedColormap.from_list(spec["name"], list(zip(spec["controls"], spec["colors"])))
+    lo, hi = style["contrast_limits"]
+    im = ax.imshow(h, cmap=cmap, vmin=lo, vmax=hi, aspect=aspect, interpolation="bilinear")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label("supports (+) / hinders (-)" if style["signed"] else "importance", fontsize=7)
 
 
 def save_figure(path, slice2d: np.ndarray, panels: Sequence[dict], **kwargs) -> None:

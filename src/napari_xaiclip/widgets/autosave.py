@@ -108,9 +108,9 @@ class AutosaveController:
             if meta.get("kind") == "labels":
                 self.viewer.add_labels(data.astype(np.uint8), name=name, opacity=0.45, **kw)
             else:
-                peak = float(np.nanmax(data)) if data.size else 0.0
-                self.viewer.add_image(data.astype(np.float32), name=name, colormap="inferno", blending="additive",
-                                      contrast_limits=(0.0, peak if peak > 1e-6 else 1.0), **kw)
+                from ._common import heatmap_layer_kwargs
+
+                self.viewer.add_image(data.astype(np.float32), name=name, **heatmap_layer_kwargs(data), **kw)
             added.append(name)
         if added:
             notify_info(f"restored {len(added)} autosaved layer(s) of {image_layer.name}: {', '.join(added)}")

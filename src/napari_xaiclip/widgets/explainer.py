@@ -38,6 +38,8 @@ from ._common import (
     roi_slice,
     slice_choice_layout,
     slice_layer_kwargs,
+    heatmap_layer_kwargs,
+    restyle_heatmap,
     viewer_slice,
     volume_of,
 )
@@ -52,7 +54,6 @@ MODES = {"ROI-guided and traditional": ("traditional", "roi"), "ROI-guided": ("r
          "traditional (whole image)": ("traditional",)}
 TARGETS = {"Dice vs baseline mask": "dice", "soft Dice": "soft-dice", "mean probability in ROI": "roi-prob",
            "Dice vs ground truth": "gt-dice"}
-HEATMAP_COLORMAP = "inferno"
 
 
 def heatmap_layer_name(image: str, method: str, mode: str) -> str:
@@ -247,22 +248,15 @@ class ExplainerWidget(QWidget):
         for mode, name in names.items():
             kw = slice_layer_kwargs(layer, axis, indices[0], len(indices))
             out[mode] = replace_layer(self.viewer, name, np.zeros(shape, np.float32), "image",
-                                      colormap=HEATMAP_COLORMAP, blending="additive", opacity=0.8,
-                                      contrast_limits=(0.0, 1.0), **kw)
+                                      **heatmap_layer_kwargs(np.zeros(1), signed=False), **kw)
             out[mode].metadata.update(kw["metadata"])
             out[mode].metadata.pop("xaiclip_partial", None)
         return out
 
     def _show(self, layer, axis, k, heat) -> None:
         """Write one slice of a heatmap layer with a single redraw (limits move only when they change much)."""
-        data = layer.data
-        put_slice(data, axis, k, np.nan_to_num(heat).astype(np.float32))
-        lo, hi = display_limits(data)
-        old = layer.contrast_limits[1]
-        if abs(hi - old) > 0.05 * max(abs(old), 1e-12):
-            layer.contrast_limits = (lo, hi)  # refreshes the layer
-        else:
-            layer.refresh()
+        put_slice(layer.data, axis, k, np.nan_to_num(heat).astype(np.float32))
+        restyle_heatmap(layer)
 
     def _finish(self, job, layers, outcome) -> None:
         results, provenance = outcome
@@ -276,6 +270,7 @@ class ExplainerWidget(QWidget):
                    "params": ex.params, "layer": layers[ex.mode].name}
             records[ex.mode].append(rec)
         for mode, layer in layers.items():
+            restyle_heatmap(layer, force=True)
             layer.metadata["xaiclip_records"] = records[mode]
             layer.metadata["xaiclip_run_id"] = run_id
             found = (w for r in records[mode] for w in r.get("warnings", []))
@@ -286,16 +281,6 @@ class ExplainerWidget(QWidget):
                          + (f", rho {r['rho']:.2f}" if r.get("rho") is not None else "") for r in first[:4])
         warnings = list(dict.fromkeys(w for r in first for w in r.get("warnings", [])))
         self.summary.setText(text + "".join(f"\n⚠ {w}" for w in warnings))
-
-
-def display_limits(data: np.ndarray) -> tuple[float, float]:
-    """(0, peak) of the positive part; (0, 1) for maps with no meaningful positive signal.
-
-    Importance is positive; additive blending with a colormap starting at black
-    leaves unimportant pixels showing the scan.
-    """
-    peak = float(np.nanmax(data)) if data.size else 0.0
-    return (0.0, peak) if peak > 1e-6 else (0.0, 1.0)
 
 
 def _make_worker(job):

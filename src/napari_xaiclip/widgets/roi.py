@@ -51,6 +51,7 @@ from ._common import (
     roi_slice,
     slice_choice_layout,
     slice_layer_kwargs,
+    heatmap_layer_kwargs,
     viewer_slice,
     volume_of,
 )
@@ -372,8 +373,9 @@ class RoiWidget(QWidget):
                 put_slice(roi.data, axis, index, mask.astype(roi.data.dtype))
                 if score is not None:
                     replace_layer(self.viewer, "localizer map", slice_layer_data(score.astype(np.float32), axis),
-                                  "image", colormap="viridis", opacity=0.5, blending="additive", visible=False,
-                                  contrast_limits=(0.0, 1.0), **slice_layer_kwargs(layer, axis, index))
+                                  "image", visible=False, **{**heatmap_layer_kwargs(score, signed=False),
+                                                             "contrast_limits": (0.0, 1.0)},
+                                  **slice_layer_kwargs(layer, axis, index))
             roi.metadata["xaiclip_roi_source"] = {**params, **info}
             roi.refresh()
             self.update_info()

@@ -84,7 +84,8 @@ def _save_figures(viewer, folder: Path, stem: str, layer, source: str) -> list[s
         heat = np.asarray(take_slice(np.asarray(layer.data), axis, index - int(where["index"])))
         panel = {"title": f"{rec['method']} ({rec['mode']}) · slice {index}", "heatmap": heat,
                  "roi": _slice_of(viewer, ROI_NAME, axis, index),
-                 "mask": _slice_of(viewer, SEGMENTATION_NAME, axis, index)}
+                 "mask": _slice_of(viewer, SEGMENTATION_NAME, axis, index),
+                 "box": (rec.get("params") or {}).get("box")}
         spacing = [s for a, s in enumerate(np.asarray(src.scale)[-3:]) if a != axis]
         path = folder / figure_name_for(stem, index if len(records) > 1 else None)
         save_figure(path, plane, [panel], spacing=spacing)

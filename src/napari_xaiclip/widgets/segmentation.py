@@ -20,6 +20,7 @@ from ._common import (
     layer_is_phantom,
     notify_error,
     phantom_warnings,
+    heatmap_layer_kwargs,
     label_colormap,
     replace_layer,
     slice_layer_kwargs,
@@ -126,5 +127,5 @@ class SegmentationWidget(QWidget):
         if self.show_probs.isChecked():
             kw = slice_layer_kwargs(layer, axis, index)
             replace_layer(self.viewer, f"{layer.name} · segmentation probability",
-                          slice_layer_data(probs.astype(np.float32), axis), "image", colormap="magma",
-                          contrast_limits=(0.0, 1.0), blending="additive", opacity=0.6, **kw)
+                          slice_layer_data(probs.astype(np.float32), axis), "image",
+                          **{**heatmap_layer_kwargs(probs, signed=False), "contrast_limits": (0.0, 1.0)}, **kw)

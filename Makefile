@@ -34,7 +34,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[all,testing]"
+	$(PY) -m pip install --quiet -e ".[pyqt,testing]"
 	@touch $(STAMP)
 
 # Debian packages napari needs for GL under Xvfb; installed only when missing.

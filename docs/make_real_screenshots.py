@@ -1,12 +1,11 @@
 """Take the user guide's real-scan screenshots: LiteMedSAM on a real CT slice in napari under Xvfb.
 
-    xvfb-run -a -s "-screen 0 1700x1100x24" .venv/bin/python docs/make_real_screenshots.py
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python docs/make_real_screenshots.py
 
 The scan is pydicom's test file ``CT_small.dcm``: one real axial CT slice (128 x 128,
-0.66 mm pixels, 5 mm thick) at the level of a vertebra. pydicom ships a single slice,
-so the script repeats it three times to make a small 3D volume, writes it as NIfTI with
-the slice's geometry (a temporary folder) and opens it like any scan. Writes
-docs/images/real-*.png and prints how long each step took.
+0.66 mm pixels) at the level of a vertebra, opened directly as DICOM like any scan
+(``xaiclip gui CT_small.dcm``). Writes docs/images/real-*.png and prints how long each
+step took.
 """
 
 from __future__ import annotations
@@ -27,31 +26,6 @@ BOX = (36, 2, 86, 46)
 PATCH, STRIDE = 32, 16
 
 
-def write_ct_small(folder: Path) -> Path:
-    """pydicom's real CT slice as a 3-slice NIfTI volume in HU with its DICOM geometry."""
-    import nibabel as nib
-    import pydicom
-    from pydicom.data import get_testdata_file
-
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)  # DICOM: (between rows, between columns)
-    thickness = float(getattr(ds, "SliceThickness", 0) or 1.0)
-    # Image orientation (1, 0, 0, 0, 1, 0): columns run towards the patient's left and rows
-    # towards posterior (DICOM LPS). NIfTI is RAS, so both in-plane axes get a negative step;
-    # the position of the first voxel changes sign the same way.
-    assert np.allclose([float(v) for v in ds.ImageOrientationPatient], [1, 0, 0, 0, 1, 0])
-    lps = [float(v) for v in ds.ImagePositionPatient]
-    affine = np.diag([-col_spacing, -row_spacing, thickness, 1.0])
-    affine[:3, 3] = (-lps[0], -lps[1], lps[2])
-    data = np.stack([hu.T] * 3, axis=-1)  # (x = columns, y = rows, z): the one slice, three times
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm")
-    path = folder / "ct_small.nii.gz"
-    nib.save(img, str(path))
-    return path
-
-
 def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="xaiclip-real-"))
     os.environ.setdefault("XAICLIP_SESSION_DIR", str(tmp / "sessions"))  # keep autosave out of ~/.local
@@ -67,12 +41,15 @@ def main() -> int:
     keep_triton_out()
     NapariQtNotification.DISMISS_AFTER = 0  # toasts stay until closed: each screenshot shows its own
     OUT.mkdir(parents=True, exist_ok=True)
-    path = write_ct_small(tmp)
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")
     viewer = napari.Viewer(title="napari-xaiclip")
+    t0 = time.time()
     image = gui.open_volume(viewer, str(path))
+    print(f"  opened {Path(path).name} in {time.time() - t0:.2f} s: {image.metadata.get('xaiclip_window')}")
     w = gui.dock_widgets(viewer)
-    viewer.window._qt_window.resize(1700, 1060)
-    viewer.window._qt_window.showNormal()
+    window = gui.main_window(w["Metrics"])
     timings = {}
 
     def pump(cond=lambda: True, timeout=1800):
@@ -91,7 +68,7 @@ def main() -> int:
         print(f"  wrote {name}.png", flush=True)
 
     def tab(title):
-        for dock in viewer.window._qt_window.findChildren(QDockWidget):
+        for dock in window.findChildren(QDockWidget):
             if getattr(dock, "name", None) == title:
                 dock.raise_()
 
@@ -116,15 +93,14 @@ def main() -> int:
         timings[label] = time.time() - t0
         print(f"  {label}: {timings[label]:.1f} s · {widget_run.status.text()}", flush=True)
 
-    image.contrast_limits = (-160, 240)  # the abdomen window (level 40, width 400), as the reader opens CT
-    w["Slice picker"].set_index(1)
+    w["Slice picker"].set_index(0)
     pump()
     viewer.reset_view()
 
     # (a) a box around the vertebral body, segmented by LiteMedSAM (the default on a real scan)
     boxes = ensure_box_layer(viewer, image)
     x0, y0, x1, y1 = BOX
-    z = 1
+    z = 0
     r0, c0, r1, c1 = y0 - 0.5, x0 - 0.5, y1 - 0.5, x1 - 0.5  # pixel edges, as a drawn rectangle's
     boxes.add_rectangles(np.array([[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]]))
     boxes.mode = "pan_zoom"
@@ -157,12 +133,8 @@ def main() -> int:
     timed(f"ROI-guided occlusion, patch {PATCH} stride {STRIDE} (LiteMedSAM)", ex.explain, ex.run)
     print("  ", ex.summary.text(), flush=True)
     viewer.layers["ROI"].visible = False
-    # The heatmap is blended additively: in the abdomen window bone is already white, so this
-    # view uses the bone window (level 400, width 1800) to keep the map readable over the vertebra.
-    image.contrast_limits = (-500, 1300)
     viewer.layers.selection.active = image
-    shot("real-03-occlusion")
-    image.contrast_limits = (-160, 240)
+    shot("real-03-occlusion")  # the abdomen window the reader chose: the map stays readable over bone
 
     # (d) the phantom-trained demo SAM on this scan: a warning notification
     viewer.layers["segmentation"].visible = True

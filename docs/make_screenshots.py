@@ -1,6 +1,6 @@
 """Take the user guide's screenshots: every step of the workflow in napari under Xvfb.
 
-    xvfb-run -a -s "-screen 0 1700x1100x24" .venv/bin/python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python docs/make_screenshots.py
 
 Writes docs/images/*.png and prints how long each step took with the defaults.
 """
@@ -27,9 +27,9 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(title="napari-xaiclip")
     gui.open_volume(viewer)
-    w = gui.dock_widgets(viewer)
-    viewer.window._qt_window.resize(1700, 1060)
-    viewer.window._qt_window.showNormal()
+    w = gui.dock_widgets(viewer)  # sized to the screen
+    window = gui.main_window(w["Metrics"])
+    viewer.reset_view()
     timings = {}
 
     def pump(cond=lambda: True, timeout=900):
@@ -48,8 +48,10 @@ def main() -> int:
         print(f"  wrote {name}.png", flush=True)
 
     def tab(title):
-        for dock in viewer.window._qt_window.findChildren(type(viewer.window._dock_widgets[title])):
-            if dock.name == title:
+        from qtpy.QtWidgets import QDockWidget
+
+        for dock in window.findChildren(QDockWidget):
+            if getattr(dock, "name", None) == title:
                 dock.raise_()
 
     labels = viewer.layers["CT phantom labels"].data
@@ -114,7 +116,6 @@ def main() -> int:
             ly.visible = False
     viewer.layers["CT phantom · rise (roi)"].visible = True
     shot("08-metrics")
-    viewer.window._qt_window.resize(1700, 1060)
     for ly in viewer.layers:
         ly.visible = ly.name in ("CT phantom", "CT phantom · occlusion (roi)", "ROI", "segmentation")
     shot("gui-workflow")

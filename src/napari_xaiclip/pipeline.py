@@ -34,7 +34,7 @@ METRIC_FIELDS = ["method", "mode", "n_forward", "n_patch", "n_patch_full", "rho"
 #: Quality inside the ROI and the trivial map's figures (a constant inside the ROI) beside them:
 #: an ROI-guided map is zero outside its ROI, so the whole-slice overlap figures above largely
 #: measure the ROI; these do not (see docs/methods.md, "Reading the metrics").
-ROI_FIELDS = ["dice_in_roi", "pointing_in_roi", "trivial_dice_in_roi", "trivial_pointing_in_roi",
+ROI_FIELDS = ["dice_in_roi", "trivial_dice_in_roi", "pointing_in_roi", "trivial_pointing_in_roi",
               "trivial_dice_vs_baseline", "trivial_dice_vs_gt", "trivial_pointing_game",
               "trivial_deletion_auc", "trivial_insertion_auc"]
 #: End-to-end cost: ROI-guided runs also paid for their ROI (the localizer's or segmenter's forward);

@@ -14,11 +14,16 @@ from .io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["display_slice", "format_table", "markdown_table", "render_panels", "save_figure", "write_metrics"]
 
+
 def display_slice(slice2d: np.ndarray) -> np.ndarray:
-    """A slice in [0, 1] for display: abdomen window for CT in HU, 1-99 % percentiles otherwise."""
+    """A slice in [0, 1] for display: the GUI's CT windows (brain window inside a skull, abdomen
+    otherwise; :func:`napari_xaiclip.display.slice_window`), 1-99 % percentiles for other scans."""
+    from .display import slice_window
+
     s = np.nan_to_num(np.asarray(slice2d, np.float64))
-    if s.min() < -500:
-        lo, hi = -160.0, 240.0
+    window = slice_window(s)
+    if window is not None:
+        lo, hi = window
     else:
         lo, hi = np.percentile(s, [1, 99]) if s.size else (0.0, 1.0)
     return np.clip((s - lo) / max(hi - lo, 1e-8), 0, 1)
@@ -31,15 +36,17 @@ def _figure_bytes(fig) -> bytes:
 
 
 def render_panels(slice2d: np.ndarray, panels: Sequence[dict], spacing=(1.0, 1.0), suptitle: str | None = None,
-                  crop_to=None) -> bytes:
+                  crop_to=None, box=None) -> bytes:
     """PNG bytes of side-by-side panels over one slice.
 
     Each panel: ``{"title", "heatmap" (H, W) or None, "roi" (H, W) bool or None,
     "mask" (H, W) bool or None, "box" (x0, y0, x1, y1) or None}``. ROI contour in
-    cyan, segmentation contour in yellow, the box prompt in white dashes, the heatmap
+    cyan, segmentation contour in yellow, the box prompt in white dashes on black, the heatmap
     in the GUI's colours (:mod:`napari_xaiclip.display`: transparent where
     unimportant, more opaque where important; a diverging map for signed maps)
-    with a colour bar. ``crop_to`` is a (x0, y0, x1, y1) box to zoom on.
+    with a colour bar. ``crop_to`` is a (x0, y0, x1, y1) box to zoom on; ``box`` is a
+    prompt box (x0, y0, x1, y1, slice pixels, x1/y1 exclusive) drawn on every panel
+    that gives none of its own.
     """
     import matplotlib
 
@@ -55,12 +62,14 @@ def render_panels(slice2d: np.ndarray, panels: Sequence[dict], spacing=(1.0, 1.0
         heat = panel.get("heatmap")
         if heat is not None and np.any(np.nan_to_num(np.asarray(heat, np.float64)) != 0):
             _draw_heatmap(fig, ax, np.nan_to_num(np.asarray(heat, np.float64)), aspect)
-        if panel.get("box") is not None:
+        prompt = panel.get("box") if panel.get("box") is not None else box
+        if prompt is not None:
             from matplotlib.patches import Rectangle
 
-            x0, y0, x1, y1 = (float(v) for v in panel["box"])
-            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white",
-                                   linestyle="--", linewidth=1.0))
+            x0, y0, x1, y1 = (float(v) for v in prompt)
+            for colour, style, width in (("black", "-", 2.0), ("white", "--", 1.0)):  # seen on dark and bright
+                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
+                                       linestyle=style, linewidth=width))
         for key, colour in (("roi", "cyan"), ("mask", "yellow")):
             m = panel.get(key)
             if m is not None and np.any(m):
@@ -91,7 +100,8 @@ def _draw_heatmap(fig, ax, h: np.ndarray, aspect: float) -> None:
     im = ax.imshow(h, cmap=cmap, vmin=lo, vmax=hi, aspect=aspect, interpolation="bilinear")
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     bar.ax.tick_params(labelsize=7)
-    bar.set_label("supports (+) / hinders (-)" if style["signed"] else "importance", fontsize=7)
+    # one sign for every method: positive = supports the segmentation
+    bar.set_label("supports (+, red) / hinders (-, blue)" if style["signed"] else "importance", fontsize=7)
 
 
 def save_figure(path, slice2d: np.ndarray, panels: Sequence[dict], **kwargs) -> None:

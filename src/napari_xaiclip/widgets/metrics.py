@@ -34,9 +34,9 @@ COLUMNS = ["image", "slice"] + METRIC_FIELDS[:2] + ["warnings"] + METRIC_FIELDS[
 #: Extra fields of the CSV export (the JSON keeps every field of every record).
 EXPORT_EXTRA = ["run_id", "model", "target", "segmenter", "segmenter_trained_on"]
 #: Columns shown until the user picks others under "Columns…"; hidden ones are still exported.
-DEFAULT_VISIBLE = ["slice", "method", "mode", "warnings", "n_forward", "seconds", "dice_in_roi",
-                   "trivial_dice_in_roi", "pointing_in_roi", "trivial_pointing_in_roi", "deletion_auc",
-                   "trivial_deletion_auc"]
+DEFAULT_VISIBLE = [c for c in COLUMNS if c in {
+    "slice", "method", "mode", "warnings", "n_forward", "seconds", "deletion_auc", "dice_in_roi",
+    "trivial_dice_in_roi", "pointing_in_roi", "trivial_pointing_in_roi", "trivial_deletion_auc"}]
 
 
 class _NumberItem(QTableWidgetItem):

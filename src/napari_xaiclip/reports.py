@@ -48,14 +48,15 @@ def render_panels(slice2d: np.ndarray, panels: Sequence[dict], spacing=(1.0, 1.0
     prompt box (x0, y0, x1, y1, slice pixels, x1/y1 exclusive) drawn on every panel
     that gives none of its own.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # a Figure on its own Agg canvas: no pyplot state and no backend switch inside napari
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     base = display_slice(slice2d)
     n = max(1, len(panels))
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.4), squeeze=False)
+    fig = Figure(figsize=(4.2 * n, 4.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n, squeeze=False)
     aspect = float(spacing[0]) / float(spacing[1])
     for ax, panel in zip(axes[0], panels):
         ax.imshow(base, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
@@ -82,9 +83,7 @@ def render_panels(slice2d: np.ndarray, panels: Sequence[dict], spacing=(1.0, 1.0
         ax.axis("off")
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    data = _figure_bytes(fig)
-    plt.close(fig)
-    return data
+    return _figure_bytes(fig)
 
 
 def _draw_heatmap(fig, ax, h: np.ndarray, aspect: float) -> None:

@@ -1,7 +1,7 @@
 """Resident memory of explanations: a 512 x 512 x 400 volume, and long sessions in one process.
 
-Every probe runs in a fresh Python process (``--probe NAME``) so its memory is
-its own, and reports JSON; the default run prints a markdown table.
+Every probe runs in a fresh Python process started with multiprocessing's "spawn"
+context (``memtool``), so its memory is its own; the default run prints a markdown table.
 
 Probes
 ------
@@ -21,6 +21,7 @@ How memory is measured (Linux): ``VmRSS`` and the peak ``VmHWM`` from
 start of a phase. ``ru_maxrss`` is reported too, but it is not used for bounds:
 on Linux a child process starts with its parent's ``ru_maxrss``, so under a
 large parent (pytest with torch loaded) it shows the parent's size.
+``memtool.self_test`` checks the instrument (a spawned child touching a known array).
 
 Usage::
 
@@ -33,14 +34,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MIB = 1024 * 1024
 VOLUME_SHAPE = (400, 512, 512)  # (z, y, x) display order
@@ -51,29 +52,7 @@ VOLUME_SLICES = ((0, 200, (230, 270, 240, 290)), (1, 256, (180, 220, 240, 290)),
 
 # --------------------------------------------------------------------------- measuring
 
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-
-def rss_mb() -> float:
-    """Resident set size now (VmRSS), MiB."""
-    return _status_mb("VmRSS")
-
-
-def peak_mb() -> float:
-    """Peak resident set size since the last :func:`reset_peak` (VmHWM), MiB."""
-    return _status_mb("VmHWM")
-
-
-def reset_peak() -> None:
-    """Start a new peak measurement (Linux >= 4.0: writing 5 to clear_refs resets VmHWM)."""
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
+from memtool import peak_mb, reset_peak, rss_mb, run_spawned  # noqa: E402  (the shared instrument)
 
 
 def maxrss_mb() -> float:
@@ -152,6 +131,30 @@ def probe_volume(path: str) -> dict:
     }
 
 
+def rise_setup(input_size: int = 1024):
+    """A cheap segmenter at ``input_size`` px and a 512 px image: RISE's memory is the explainer's, not
+    the model's. Runs in the spawned child before its baseline is taken."""
+    import numpy as np
+
+    torch = _setup_torch()
+    from napari_xaiclip.explain import explain  # noqa: F401  (imported before the baseline)
+    from napari_xaiclip.models.generic import ModuleSegmenter
+
+    net = torch.nn.Sequential(torch.nn.AvgPool2d(8), torch.nn.Conv2d(1, 1, 3, padding=1),
+                              torch.nn.Upsample(scale_factor=8))
+    seg = ModuleSegmenter(net, input_size=input_size, device="cpu")
+    img = np.random.default_rng(0).random((512, 512)).astype(np.float32)
+    return {"seg": seg, "image": img}
+
+
+def rise_job(state: dict, n_masks: int, batch: int) -> dict:
+    """RISE with ``n_masks`` masks, ``batch`` per forward (the measured job)."""
+    from napari_xaiclip.explain import explain
+
+    ex = explain("rise", state["seg"], state["image"], box=(100, 100, 400, 400), n_masks=n_masks, batch_size=batch)
+    return {"n_forward": ex.n_forward, "input_size": ex.info.get("input_size", None)}
+
+
 def _phantom_case():
     import numpy as np
 
@@ -222,13 +225,19 @@ def probe_pipeline(n: int = 30) -> dict:
 
 
 def run_child(*args: str, timeout: float = 900) -> dict:
-    """Run this script with ``args`` in a fresh interpreter (one torch thread) and parse its JSON."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args, "--json"], check=False,
-                          capture_output=True, text=True, timeout=timeout, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"probe {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Run this script with ``args`` (the command line's probes) in a spawned interpreter; its JSON."""
+    return run_spawned(main_json, list(args), timeout=timeout)
+
+
+def main_json(argv: list[str]) -> dict:
+    """What ``main(argv + ["--json"])`` prints, returned (runs in the spawned child)."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        main([*argv, "--json"])
+    return json.loads(buf.getvalue().strip().splitlines()[-1])
 
 
 def measure_volume(workdir: str | None = None, dtype: str = "float32") -> dict:
@@ -237,9 +246,9 @@ def measure_volume(workdir: str | None = None, dtype: str = "float32") -> dict:
     try:
         path = folder / "volume_512x512x400.nii"
         t0 = time.perf_counter()
-        run_child("--make-volume", str(path), "--dtype", dtype)
+        run_spawned(make_volume, str(path), dtype, timeout=900)
         write_s = time.perf_counter() - t0
-        out = run_child("--probe", "volume", "--volume", str(path))
+        out = run_spawned(probe_volume, str(path), timeout=900)
         out["file_mb"] = path.stat().st_size / MIB
         out["file_dtype"] = dtype
         out["write_seconds"] = round(write_s, 1)
@@ -249,11 +258,11 @@ def measure_volume(workdir: str | None = None, dtype: str = "float32") -> dict:
 
 
 def measure_loop(n: int = 100) -> dict:
-    return run_child("--probe", "loop", "--iterations", str(n))
+    return run_spawned(probe_loop, n, timeout=1800)
 
 
 def measure_pipeline(n: int = 30) -> dict:
-    return run_child("--probe", "pipeline", "--iterations", str(n))
+    return run_spawned(probe_pipeline, n, timeout=1800)
 
 
 def markdown(results: dict) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-PARAMS = "occlusion.patch=64;occlusion.stride=32"
+PARAMS = "occlusion.window=64;occlusion.stride=32"
 
 
 def make_cohort(folder: Path, n_cases: int, shape) -> Path:

@@ -187,7 +187,7 @@ def run(ctx, localize) -> list[str]:
     t_dice = time.time() - t0
     print(f"  litemedsam: Dice parts done in {t_dice:.0f} s", flush=True)
     print(json.dumps({"phantom_dice": dice_rows, "seconds": times, "real_ct_dice": real_rows}), flush=True)
-    params = {"patch": 64, "stride": 64} if quick else {"patch": 16, "stride": 8}
+    params = {"window": 64, "stride": 64} if quick else {"window": 16, "stride": 8}
     steps = 5 if quick else 50
     t0 = time.time()
     occ = [run_occlusion(segs["litemedsam"], job, mode, params, steps)

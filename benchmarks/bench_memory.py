@@ -116,7 +116,7 @@ def probe_volume(path: str) -> dict:
         roi = np.zeros(sl.shape, bool)
         roi[r0:r1, c0:c1] = True
         t0 = time.perf_counter()
-        ex = explain("occlusion", seg, sl, box=(c0 - 8, r0 - 8, c1 + 8, r1 + 8), roi=roi, patch=32, seed=0)
+        ex = explain("occlusion", seg, sl, box=(c0 - 8, r0 - 8, c1 + 8, r1 + 8), roi=roi, window=32, seed=0)
         runs.append({"axis": axis, "index": index, "shape": list(sl.shape), "n_forward": ex.n_forward,
                      "seconds": round(time.perf_counter() - t0, 2)})
         assert np.isfinite(ex.heatmap).all()
@@ -147,11 +147,11 @@ def rise_setup(input_size: int = 1024):
     return {"seg": seg, "image": img}
 
 
-def rise_job(state: dict, n_masks: int, batch: int) -> dict:
-    """RISE with ``n_masks`` masks, ``batch`` per forward (the measured job)."""
+def rise_job(state: dict, n_samples: int, batch: int) -> dict:
+    """RISE with ``n_samples`` masks, ``batch`` per forward (the measured job)."""
     from napari_xaiclip.explain import explain
 
-    ex = explain("rise", state["seg"], state["image"], box=(100, 100, 400, 400), n_masks=n_masks, batch_size=batch)
+    ex = explain("rise", state["seg"], state["image"], box=(100, 100, 400, 400), n_samples=n_samples, batch_size=batch)
     return {"n_forward": ex.n_forward, "input_size": ex.info.get("input_size", None)}
 
 
@@ -191,7 +191,7 @@ def probe_loop(n: int = 100) -> dict:
     baseline = rss_mb()
     rss, t0 = [], time.perf_counter()
     for i in range(n):
-        ex = explain("occlusion", seg, image, box=box, roi=roi, patch=32, seed=i)
+        ex = explain("occlusion", seg, image, box=box, roi=roi, window=32, seed=i)
         rss.append(rss_mb())
     seconds = time.perf_counter() - t0
     gc.collect()
@@ -212,7 +212,7 @@ def probe_pipeline(n: int = 30) -> dict:
     rss, t0 = [], time.perf_counter()
     for i in range(n):
         results = explain_slice(seg, image, box, ["occlusion"], ("roi",), roi=roi, gt=roi, seed=i,
-                                params={"occlusion": {"patch": 32}}, curves=True, curve_steps=10)
+                                params={"occlusion": {"window": 32}}, curves=True, curve_steps=10)
         assert results[0].record["deletion_auc"] is not None
         rss.append(rss_mb())
     seconds = time.perf_counter() - t0

@@ -120,7 +120,7 @@ def _loc_gflops(ctx) -> float:
 
 def _table3_params(ctx) -> dict:
     # RISE at the --quick N: N = 2000 would make the interleaved rounds of both modes take ~20 min
-    return {"rise": {"n_masks": 500}}
+    return {"rise": {"n_samples": 500}}
 
 
 def _table3_sides(ctx, case, batches):
@@ -201,7 +201,7 @@ def section_table3(ctx):
         f"{len(ctx['cases'])} held-out phantom CT slices (seeds {', '.join(map(str, seeds))}; the slice where each "
         f"of {', '.join(ORGANS.values())} is largest). Box prompt: the organ's bounding box; ROI: the default "
         "localizer's map for the organ's name (sigma 2, threshold 0.5, largest component, holes filled). "
-        f"RISE N = {params['rise']['n_masks']} (the `--quick` N; the default 2000 would make the timing rounds "
+        f"RISE N = {params['rise']['n_samples']} (the `--quick` N; the default 2000 would make the timing rounds "
         "four times longer), LIME n_samples auto (8 per superpixel, 200-500), occlusion patch 16 / stride 8 at "
         f"the 256 px input; batch {BATCH} (the engine's automatic size) on both sides.", "",
         "### Cost", "",
@@ -340,7 +340,7 @@ def section_engine(ctx):
         return c.target(torch.sigmoid(seg.logits(inp, c.prompt)))
 
     occ = Occlusion(forward)
-    ex = explain("occlusion", seg, case["image"], box=box, patch=patch, stride=stride, batch_size=BATCH)  # warm-up
+    ex = explain("occlusion", seg, case["image"], box=box, window=patch, stride=stride, batch_size=BATCH)  # warm-up
     n = ex.n_forward
     with torch.inference_mode():
         attr = occ.attribute(x[None], sliding_window_shapes=(x.shape[0], patch, patch),
@@ -348,7 +348,7 @@ def section_engine(ctx):
     diff = float(np.abs(attr[0].sum(0).numpy() / x.shape[0] - ex.model_heatmap).max())
 
     def engine(bs):
-        return explain("occlusion", seg, case["image"], box=box, patch=patch, stride=stride, batch_size=bs).n_forward
+        return explain("occlusion", seg, case["image"], box=box, window=patch, stride=stride, batch_size=bs).n_forward
 
     def pure(bs):  # the same number of forwards, unperturbed, unscored
         with torch.inference_mode():
@@ -530,7 +530,7 @@ def section_rise_memory(ctx):
     rows = []
     for n in (200, 2000):
         r = memtool.measure_spawned(bench_memory.rise_job, n, 8, setup=bench_memory.rise_setup, timeout=1800)
-        rows.append({"n_masks": n, "batch": 8, "baseline_mb": r["baseline_mb"], "peak_mb": r["peak_mb"],
+        rows.append({"n_samples": n, "batch": 8, "baseline_mb": r["baseline_mb"], "peak_mb": r["peak_mb"],
                      "growth_mb": r["growth_mb"], "n_forward": r["result"]["n_forward"], "seconds": r["seconds"],
                      "all_masks_at_once_mb": n * 1024 * 1024 * 4 / 2**20, "peak_reset": r["peak_reset"]})
         print(f"  rise memory N={n}: {rows[-1]}", flush=True)
@@ -543,7 +543,7 @@ def section_rise_memory(ctx):
           "column.", "", memtool.self_test_line(test), ""]
     if not test["passed"]:
         return md + ["instrument failed: no numbers (see the self-test above).", ""]
-    return md + [markdown_table(rows, ["n_masks", "batch", "baseline_mb", "peak_mb", "growth_mb", "n_forward",
+    return md + [markdown_table(rows, ["n_samples", "batch", "baseline_mb", "peak_mb", "growth_mb", "n_forward",
                                        "seconds", "all_masks_at_once_mb"],
                                 ["N", "batch", "baseline RSS (MiB)", "peak RSS (MiB)", "peak - baseline (MiB)",
                                  "forwards", "seconds", "all N masks (MiB)"]), ""]
@@ -554,7 +554,7 @@ def section_rise_memory(ctx):
 
 RANDOMISATION_METHODS = (
     ("occlusion", "occlusion", {}), ("adaptive-occlusion", "adaptive-occlusion", {}),
-    ("rise (the paper's sum)", "rise", {"n_masks": 500}), ("rise, center=True", "rise", {"n_masks": 500, "center": True}),
+    ("rise (the paper's sum)", "rise", {"n_samples": 500}), ("rise, center=True", "rise", {"n_samples": 500, "center": True}),
     ("lime", "lime", {}), ("ig", "ig", {}), ("gradcam", "gradcam", {}), ("causal", "causal", {"bank": True}),
     ("segx", "segx", {}),
 )

@@ -23,14 +23,14 @@ from napari_xaiclip.jobs import Case, run_case
 from napari_xaiclip.phantom import make_phantom
 
 SHAPE = (6, 64, 64)
-PARAMS = {"occlusion": {"patch": 128, "stride": 64}}
+PARAMS = {"occlusion": {"window": 128, "stride": 64}}
 CASES = [("p0", 0, "liver"), ("p1", 1, "liver"), ("p2", 2, "spleen"), ("p3", 3, "liver")]
 HEADER = "case,volume,labels,organ,roi,methods,modes,seed,params,curves,model"
 
 
 def _row(case_id, seed, organ):
     return (f"{case_id},vol{seed}.nii.gz,lab{seed}.nii.gz,{organ},labels,occlusion,both,{seed},"
-            "occlusion.patch=128;occlusion.stride=64,no,phantom")
+            "occlusion.window=128;occlusion.stride=64,no,phantom")
 
 
 def _case(folder: Path, case_id, seed, organ) -> Case:
@@ -217,7 +217,7 @@ MESSAGES = {"missing": "no such manifest", "empty": "empty manifest", "header on
             "unknown roi": "line 2: roi 'brain'", "unknown mode": "unknown mode 'sideways'",
             "unknown method": "unknown method 'magic'", "bad box": "box must be four numbers",
             "bad slices": "slices must be", "bad seed": "seed must be an integer",
-            "unknown param": "unknown parameters for occlusion", "duplicate case": "already used on line 2",
+            "unknown param": "unknown parameter 'size' for occlusion", "duplicate case": "already used on line 2",
             "bad case id": "names a folder"}
 
 
@@ -242,7 +242,7 @@ def test_manifest_parsing(cohort, tmp_path):
     manifest.write_text(
         "# a comment line\n"
         "Volume, box ,slices,methods,modes,params,curves,axis\n"
-        "../scan one.nii.gz,1 2 30 40,3:5,occlusion rise,traditional,rise.n_masks=50;occlusion.patch=32,no,1\n"
+        "../scan one.nii.gz,1 2 30 40,3:5,occlusion rise,traditional,rise.n_samples=50;occlusion.window=32,no,1\n"
         "\n"
         f"{cohort / 'vol1.nii.gz'},,,,,,,\n")
     first, second = read_manifest(manifest)
@@ -250,7 +250,7 @@ def test_manifest_parsing(cohort, tmp_path):
     assert first.case.volume == str(tmp_path / "scan one.nii.gz")
     assert first.case.box == (1.0, 2.0, 30.0, 40.0) and first.case.slices == [3, 4] and first.case.axis == 1
     assert first.case.methods == ["occlusion", "rise"] and first.case.modes == ("traditional",)
-    assert first.case.params == {"rise": {"n_masks": 50}, "occlusion": {"patch": 32}}
+    assert first.case.params == {"rise": {"n_samples": 50}, "occlusion": {"window": 32}}
     assert first.case.curves is False and "no such file" in first.error
     assert second.line == 5 and second.case_id == "vol1" and second.case.name == "vol1"
     assert second.error == "give a box or labels with an organ"

@@ -99,7 +99,7 @@ def test_paint_places_tiles_and_clips_at_the_edge():
 
 
 def test_exactly_the_supporting_block_gets_an_ate(seg, sl):
-    ex = explain("causal", seg, sl, block=B, n_fillers=10, n_screen=3, filler_bank=BANK, batch_size=7)
+    ex = explain("causal", seg, sl, window=B, n_samples=10, n_screen=3, filler_bank=BANK, batch_size=7)
     assert ex.method == "causal" and ex.mode == "traditional"
     vals = _block_values(ex.model_heatmap)
     expected = np.zeros((4, 4))
@@ -120,7 +120,7 @@ def test_exactly_the_supporting_block_gets_an_ate(seg, sl):
 
 
 def test_batch_size_does_not_change_the_map(seg, sl):
-    maps = [explain("causal", seg, sl, block=B, n_fillers=5, filler_bank=BANK, batch_size=bs).model_heatmap
+    maps = [explain("causal", seg, sl, window=B, n_samples=5, filler_bank=BANK, batch_size=bs).model_heatmap
             for bs in (1, 4, 64)]
     np.testing.assert_array_equal(maps[0], maps[1])
     np.testing.assert_array_equal(maps[0], maps[2])
@@ -128,7 +128,7 @@ def test_batch_size_does_not_change_the_map(seg, sl):
 
 def test_signs_with_a_probability_target(seg, sl):
     # target "roi-prob" (mean foreground probability inside the baseline mask): B hindered the mask
-    ex = explain("causal", seg, sl, block=B, n_fillers=6, filler_bank=BANK, target="roi-prob")
+    ex = explain("causal", seg, sl, window=B, n_samples=6, filler_bank=BANK, target="roi-prob")
     vals = _block_values(ex.model_heatmap)
     base = _sig(2.0)
     expected = np.zeros((4, 4))
@@ -137,7 +137,7 @@ def test_signs_with_a_probability_target(seg, sl):
     np.testing.assert_allclose(vals, expected, atol=1e-3)
     assert ex.info["blocks"] == {"supporting": 1, "hindering": 1, "zero": 0, "skipped": 10}
     # raise the threshold above B's effect (0.0926): B is screened out
-    ex = explain("causal", seg, sl, block=B, n_fillers=6, filler_bank=BANK, target="roi-prob", threshold=0.1)
+    ex = explain("causal", seg, sl, window=B, n_samples=6, filler_bank=BANK, target="roi-prob", threshold_dice=0.1)
     assert ex.info["blocks"] == {"supporting": 1, "hindering": 0, "zero": 0, "skipped": 11}
     assert _block_values(ex.model_heatmap)[BLOCK_B] == 0
 
@@ -149,7 +149,7 @@ def test_screening_and_the_ate_threshold(seg, sl, monkeypatch):
         return values[:, None, None, None].expand(n, 1, block, block).clone()
 
     monkeypatch.setattr(causal_mod, "_tile_pool", pool)
-    ex = explain("causal", seg, sl, block=B, n_fillers=4, n_screen=1, threshold=0.05, filler_bank=BANK,
+    ex = explain("causal", seg, sl, window=B, n_samples=4, n_screen=1, threshold_dice=0.05, filler_bank=BANK,
                  target="roi-prob")
     base = _sig(2.0)
     ate_a = (_sig(-2.0) - base) / 4  # -0.19: kept
@@ -166,7 +166,7 @@ def test_screening_and_the_ate_threshold(seg, sl, monkeypatch):
 def test_roi_mode_evaluates_blocks_touching_the_roi(seg, sl):
     roi = np.zeros((S, S), bool)
     roi[:, 0:12] = True  # block columns 0 and 1; (1, 1) and (2, 1) touch the target square
-    ex = explain("causal", seg, sl, roi=roi, block=B, n_fillers=5, filler_bank=BANK)
+    ex = explain("causal", seg, sl, roi=roi, window=B, n_samples=5, filler_bank=BANK)
     assert ex.mode == "roi"
     assert (ex.n_patch, ex.n_patch_full, ex.rho) == (6, 12, 0.5)
     assert ex.info["n_screened"] == 6
@@ -176,16 +176,16 @@ def test_roi_mode_evaluates_blocks_touching_the_roi(seg, sl):
 
 
 def test_bank_from_slices_at_any_resolution(seg, sl):
-    ref = explain("causal", seg, sl, block=B, n_fillers=5, filler_bank=BANK).model_heatmap
+    ref = explain("causal", seg, sl, window=B, n_samples=5, filler_bank=BANK).model_heatmap
     small = [np.full((16, 16), 0.2, np.float32)] * 2
     for kw in (dict(filler_bank=small), dict(bank_slices=small), dict(bank_slices=np.stack(small))):
-        ex = explain("causal", seg, sl, block=B, n_fillers=5, **kw)
+        ex = explain("causal", seg, sl, window=B, n_samples=5, **kw)
         np.testing.assert_allclose(ex.model_heatmap, ref, atol=1e-4)
         assert ex.info["bank"]["source"] == "given"
 
 
 def test_self_bank_avoids_the_target_region(seg, sl):
-    ex = explain("causal", seg, sl, block=B, n_fillers=20)
+    ex = explain("causal", seg, sl, window=B, n_samples=20)
     assert ex.info["bank"] == {"source": "self", "images": 4, "tiles": 20}
     vals = _block_values(ex.model_heatmap)
     assert vals[BLOCK_A] > 50  # most tiles of the slice are background (0.1): A supports
@@ -195,7 +195,7 @@ def test_self_bank_avoids_the_target_region(seg, sl):
 
 
 def test_progress_is_yielded_per_batch(seg, sl):
-    gen = iter_explain("causal", seg, sl, block=B, n_fillers=5, filler_bank=BANK, batch_size=12)
+    gen = iter_explain("causal", seg, sl, window=B, n_samples=5, filler_bank=BANK, batch_size=12)
     items = []
     while True:
         try:
@@ -206,15 +206,15 @@ def test_progress_is_yielded_per_batch(seg, sl):
     stages = [p.stage for p in items]
     assert stages.count("causal screening") == 1 + 3  # start + 36 screening items in batches of 12
     assert items[-1].done == items[-1].total == 12 * 3 + 2
-    assert ex.params["block"] == B and ex.params["filler_bank"] == "3 images"
+    assert ex.params["window"] == B and ex.params["filler_bank"] == "3 images"
 
 
 @pytest.mark.parametrize("kwargs,pattern", [
-    (dict(block=0), r"block must be between 1 and the input size 32"),
-    (dict(block=33), r"block must be between 1"),
-    (dict(n_screen=0), r"n_screen <= n_fillers"),
-    (dict(n_fillers=2, n_screen=3), r"n_screen <= n_fillers"),
-    (dict(threshold=-0.1), r"threshold must be >= 0"),
+    (dict(window=0), r"causal.window must be >= 1"),
+    (dict(window=33), r"window must be between 1 and the input size 32"),
+    (dict(n_screen=0), r"causal.n_screen must be >= 1"),
+    (dict(n_samples=2, n_screen=3), r"n_screen <= n_samples"),
+    (dict(threshold_dice=-0.1), r"causal.threshold_dice must be >= 0"),
     (dict(filler_bank=np.zeros((2, 3, S, S))), r"filler_bank of shape \(2, 3, 32, 32\)"),
     (dict(filler_bank=[np.zeros((2, 3, 4, 5))]), r"filler_bank\[0\] has shape \(2, 3, 4, 5\)"),
 ], ids=["block-0", "block-too-big", "screen-0", "screen-gt-fillers", "threshold", "bank-shape", "bank-item"])

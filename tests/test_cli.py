@@ -22,7 +22,7 @@ from toy_models import IdentityProbNet, make_segmenter
 
 SHAPE = (6, 64, 64)  # (z, y, x) display order
 SPACING = (0.8, 0.9, 3.0)  # mm along the file's i, j, k
-FAST = ["--param", "occlusion.patch=64", "--param", "occlusion.stride=64", "--no-curves", "--model", "phantom"]
+FAST = ["--param", "occlusion.window=64", "--param", "occlusion.stride=64", "--no-curves", "--model", "phantom"]
 CONTRACT = ["method", "mode", "n_forward", "n_patch", "n_patch_full", "rho", "seconds", "gflops", "dice_vs_baseline",
             "iou_vs_baseline", "dice_vs_gt", "iou_vs_gt", "pointing_game", "deletion_auc", "insertion_auc"]
 
@@ -80,7 +80,7 @@ def bright_segmenter():
     return make_segmenter(IdentityProbNet(), size=SHAPE[1], normalize="minmax", counting=False)
 
 
-TOY = ["--model", "module:test_cli:bright_segmenter", "--param", "occlusion.patch=16",
+TOY = ["--model", "module:test_cli:bright_segmenter", "--param", "occlusion.window=16",
        "--param", "occlusion.stride=16", "--no-curves"]
 
 

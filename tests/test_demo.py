@@ -17,7 +17,7 @@ from napari_xaiclip.models import Localizer
 from napari_xaiclip.roi import clean_roi, roi_from_map
 
 SMALL = (8, 96, 96)
-QUICK = {"occlusion": {"patch": 64, "stride": 64}, "rise": {"n_masks": 16}, "lime": {"n_samples": 16}}
+QUICK = {"occlusion": {"window": 64, "stride": 64}, "rise": {"n_samples": 16}, "lime": {"n_samples": 16}}
 
 
 @pytest.fixture

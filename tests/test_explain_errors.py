@@ -49,8 +49,17 @@ CASES = [
     ("box-3-numbers", "occlusion", None, dict(box=(1, 2, 3)), r"4 finite numbers"),
     ("box-nan", "occlusion", None, dict(box=(1, np.nan, 20, 20)), r"4 finite numbers"),
     ("unknown-method", "gradient-shap", None, {}, r"unknown method 'gradient-shap'"),
-    ("unknown-parameter", "occlusion", None, dict(patches=4), r"unknown parameters for occlusion: \['patches'\]"),
-    ("unknown-parameter-rise", "rise", None, dict(n_mask=10), r"unknown parameters for rise"),
+    ("unknown-parameter", "occlusion", None, dict(patches=4),
+     r"unknown parameter 'patches' for occlusion; known: window, stride, fill, top_percent"),
+    ("unknown-parameter-rise", "rise", None, dict(n_mask=10), r"unknown parameter 'n_mask' for rise"),
+    ("window-a-list", "occlusion", None, dict(window=[8]), r"occlusion.window must be an integer, got \[8\]"),
+    ("n-samples-text", "rise", None, dict(n_samples="abc"), r"rise.n_samples must be an integer, got 'abc'"),
+    ("n-samples-fraction", "rise", None, dict(n_samples=2.5), r"rise.n_samples must be an integer, got 2.5"),
+    ("p1-nan", "rise", None, dict(p1=float("nan")), r"rise.p1 must be a finite number"),
+    ("ig-n-samples-text", "ig", None, dict(n_samples="x"), r"ig.n_samples must be an integer"),
+    ("bool-for-int", "occlusion", None, dict(window=True), r"occlusion.window must be an integer"),
+    ("rise-huge-grid", "rise", None, dict(cells=100000), r"rise.cells must be <= 256"),
+    ("segx-causal-base", "segx", None, dict(base="causal"), r"segx.base must be one of .*zero everywhere"),
     ("unknown-target", "occlusion", None, dict(target="dise"), r"unknown target 'dise'"),
     ("3d-slice", "occlusion", np.zeros((4, S, S), np.float32), {}, r"expected a 2D slice, got shape \(4, 32, 32\)"),
     ("1d-slice", "occlusion", np.zeros(S, np.float32), {}, r"expected a 2D slice, got shape \(32,\)"),
@@ -60,21 +69,24 @@ CASES = [
     ("gt-wrong-shape", "occlusion", None, dict(target="gt-dice", gt=np.ones((5, 5), bool)),
      r"ground truth of shape \(5, 5\)"),
     ("score-map-wrong-shape", "occlusion", None,
-     dict(roi=np.ones((S, S), bool), score_map=np.ones((8, 8)), top_k=50), r"score map of shape \(8, 8\)"),
-    ("top-k-without-score-map", "occlusion", None, dict(roi=np.ones((S, S), bool), top_k=50), r"score map"),
-    ("top-k-zero", "occlusion", None, dict(top_k=0), r"top_k is a percentage"),
-    ("top-k-over-100", "occlusion", None, dict(top_k=150), r"top_k is a percentage"),
-    ("patch-too-big", "occlusion", None, dict(patch=S + 1), r"patch must be between 1 and the input size 32"),
-    ("stride-negative", "occlusion", None, dict(patch=4, stride=-2), r"stride must be >= 1"),
-    ("unknown-fill", "occlusion", None, dict(fill="noise"), r"unknown fill 'noise'"),
+     dict(roi=np.ones((S, S), bool), score_map=np.ones((8, 8)), top_percent=50), r"score map of shape \(8, 8\)"),
+    ("top-percent-without-score-map", "occlusion", None, dict(roi=np.ones((S, S), bool), top_percent=50),
+     r"score map"),
+    ("top-percent-zero", "occlusion", None, dict(top_percent=0), r"occlusion.top_percent must be >= 1e-09"),
+    ("top-percent-over-100", "occlusion", None, dict(top_percent=150), r"occlusion.top_percent must be <= 100"),
+    ("window-too-big", "occlusion", None, dict(window=S + 1), r"window must be between 1 and the input size 32"),
+    ("stride-negative", "occlusion", None, dict(window=4, stride=-2), r"occlusion.stride must be >= 1"),
+    ("unknown-fill", "occlusion", None, dict(fill="noise"), r"occlusion.fill must be one of zero, mean, blur"),
     ("batch-size-zero", "occlusion", None, dict(batch_size=0), r"batch size must be >= 1"),
-    ("adaptive-levels", "adaptive-occlusion", None, dict(levels=-1), r"levels must be >= 0"),
-    ("adaptive-threshold", "adaptive-occlusion", None, dict(threshold=1.5), r"threshold must be in \[0, 1\]"),
-    ("rise-p1", "rise", None, dict(p1=1.0), r"0 < p1 < 1"),
-    ("rise-n-masks", "rise", None, dict(n_masks=0), r"n_masks >= 1"),
-    ("lime-n-samples", "lime", None, dict(n_samples=1), r"n_samples must be >= 2"),
-    ("lime-algorithm", "lime", None, dict(algorithm="watershed"), r"unknown superpixel algorithm 'watershed'"),
-    ("ig-one-step", "ig", None, dict(n_steps=1), r"n_steps >= 2"),
+    ("adaptive-levels", "adaptive-occlusion", None, dict(levels=-1), r"adaptive-occlusion.levels must be >= 0"),
+    ("adaptive-fraction", "adaptive-occlusion", None, dict(refine_fraction=1.5),
+     r"adaptive-occlusion.refine_fraction must be <= 1"),
+    ("rise-p1", "rise", None, dict(p1=1.0), r"rise.p1 must be <= 0.999999"),
+    ("rise-n-samples", "rise", None, dict(n_samples=0), r"rise.n_samples must be >= 1"),
+    ("lime-n-samples", "lime", None, dict(n_samples=1), r"lime.n_samples must be >= 2"),
+    ("lime-algorithm", "lime", None, dict(algorithm="watershed"),
+     r"lime.algorithm must be one of felzenszwalb, slic, quickshift, got 'watershed'"),
+    ("ig-one-step", "ig", None, dict(n_steps=1), r"ig.n_steps must be >= 2"),
     ("gradcam-unknown-layer", "gradcam", None, dict(layer="inner.nope"), r"no layer 'inner.nope'"),
 ]
 
@@ -88,9 +100,9 @@ def test_bad_input_raises(seg, sl, method, slice_override, kwargs, pattern):
         explain(method, seg, data, **kw)
 
 
-@pytest.mark.parametrize("kwargs", [dict(patch=0), dict(patch=4, stride=0)], ids=["patch-0", "stride-0"])
-def test_zero_patch_or_stride_raises(seg, sl, kwargs):
-    with pytest.raises(ValueError, match=r"patch|stride"):
+@pytest.mark.parametrize("kwargs", [dict(window=0), dict(window=4, stride=0)], ids=["window-0", "stride-0"])
+def test_zero_window_or_stride_raises(seg, sl, kwargs):
+    with pytest.raises(ValueError, match=r"window|stride"):
         explain("occlusion", seg, sl, box=BOX, **kwargs)
 
 
@@ -98,9 +110,9 @@ def test_zero_patch_or_stride_raises(seg, sl, kwargs):
 
 _MODULES = {"occlusion": "occlusion", "adaptive-occlusion": "adaptive", "rise": "rise", "lime": "lime",
             "ig": "gradients", "gradcam": "gradients", "causal": "causal", "segx": "segx"}
-_FAST = {"occlusion": dict(patch=8), "adaptive-occlusion": dict(patch=4, levels=1),
-         "rise": dict(n_masks=40), "lime": dict(n_samples=20), "ig": dict(n_steps=4, nt_samples=2),
-         "gradcam": {}, "causal": dict(n_fillers=4, n_screen=2)}
+_FAST = {"occlusion": dict(window=8), "adaptive-occlusion": dict(window=4, levels=1),
+         "rise": dict(n_samples=40), "lime": dict(n_samples=20), "ig": dict(n_steps=4, n_samples=2),
+         "gradcam": {}, "causal": dict(n_samples=4, n_screen=2)}
 
 
 def _method_or_skip(method):
@@ -145,7 +157,7 @@ def test_nan_and_inf_in_slice_give_finite_map(seg, sl, method):
     clean[21, 5] = 0.0
     if method in ("occlusion", "ig", "gradcam"):  # deterministic methods: same map as the cleaned slice
         ref = explain(method, seg, clean, box=BOX, **params)
-        if method == "ig" and params.get("nt_samples"):
+        if method == "ig" and params.get("n_samples"):
             return  # NoiseTunnel noise is not seeded (see test_explain_gradients)
         np.testing.assert_allclose(ex.heatmap, ref.heatmap, atol=1e-6)
 
@@ -154,8 +166,8 @@ def test_integer_and_bool_slices_are_accepted(seg):
     ints = (np.arange(S * S).reshape(S, S) % 17).astype(np.int16)
     bools = ints > 8
     for data in (ints, bools):
-        ex = explain("occlusion", seg, data, box=BOX, patch=8)
+        ex = explain("occlusion", seg, data, box=BOX, window=8)
         assert ex.heatmap.shape == (S, S) and np.isfinite(ex.heatmap).all()
     # an integer slice explains the same as its float copy
-    ref = explain("occlusion", seg, ints.astype(np.float32), box=BOX, patch=8)
-    np.testing.assert_allclose(explain("occlusion", seg, ints, box=BOX, patch=8).heatmap, ref.heatmap, atol=1e-6)
+    ref = explain("occlusion", seg, ints.astype(np.float32), box=BOX, window=8)
+    np.testing.assert_allclose(explain("occlusion", seg, ints, box=BOX, window=8).heatmap, ref.heatmap, atol=1e-6)

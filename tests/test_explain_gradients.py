@@ -47,7 +47,7 @@ def test_ig_equals_captum(setup, target, n_steps, bs):
     seg, sl, base_mask = setup
     counter = seg.module
     counter.reset()
-    ex = explain("ig", seg, sl, box=BOX, nt_samples=0, n_steps=n_steps, batch_size=bs, target="soft-dice"
+    ex = explain("ig", seg, sl, box=BOX, n_samples=0, n_steps=n_steps, batch_size=bs, target="soft-dice"
                  if target == "soft-dice" else "logit-sum")
     assert counter.images == ex.n_forward == n_steps + 1
     ctx = Context(seg, sl, box=BOX)
@@ -63,7 +63,7 @@ def test_ig_equals_captum(setup, target, n_steps, bs):
 def test_ig_completeness(setup):
     # sum of attributions = f(x) - f(baseline) (Sundararajan et al.), computed without Captum
     seg, sl, base_mask = setup
-    ex = explain("ig", seg, sl, box=BOX, nt_samples=0, n_steps=64, target="soft-dice")
+    ex = explain("ig", seg, sl, box=BOX, n_samples=0, n_steps=64, target="soft-dice")
     ctx = Context(seg, sl, box=BOX)
     f = _forward(seg, ctx.prompt, base_mask, "soft-dice")
     with torch.no_grad():
@@ -76,7 +76,7 @@ def test_ig_noise_tunnel_equals_captum_with_the_same_seed(setup):
     from captum.attr import IntegratedGradients, NoiseTunnel
 
     seg, sl, base_mask = setup
-    ex = explain("ig", seg, sl, box=BOX, nt_samples=3, stdevs=0.1, n_steps=8, batch_size=8, target="soft-dice",
+    ex = explain("ig", seg, sl, box=BOX, n_samples=3, stdevs=0.1, n_steps=8, batch_size=8, target="soft-dice",
                  seed=1234)  # the explainer seeds NoiseTunnel's noise with the call's seed
     ctx = Context(seg, sl, box=BOX)
     x = ctx.x[None].clone()
@@ -92,8 +92,8 @@ def test_ig_noise_tunnel_equals_captum_with_the_same_seed(setup):
 
 def test_ig_noise_tunnel_reproducible_for_a_seed(setup):
     seg, sl, _ = setup
-    a = explain("ig", seg, sl, box=BOX, nt_samples=2, n_steps=4, seed=7)
-    b = explain("ig", seg, sl, box=BOX, nt_samples=2, n_steps=4, seed=7)
+    a = explain("ig", seg, sl, box=BOX, n_samples=2, n_steps=4, seed=7)
+    b = explain("ig", seg, sl, box=BOX, n_samples=2, n_steps=4, seed=7)
     np.testing.assert_array_equal(a.heatmap, b.heatmap)
 
 
@@ -101,7 +101,7 @@ def test_ig_roi_mode_zero_outside(setup):
     seg, sl, base_mask = setup
     roi = np.zeros((S, S), bool)
     roi[10:22, 12:20] = True
-    ex = explain("ig", seg, sl, box=BOX, roi=roi, nt_samples=0, n_steps=32, target="soft-dice")
+    ex = explain("ig", seg, sl, box=BOX, roi=roi, n_samples=0, n_steps=32, target="soft-dice")
     assert ex.mode == "roi"
     # the path only moves inside the ROI: attributions are exactly zero outside it, at model resolution too
     assert np.all(ex.model_heatmap[~roi] == 0)
@@ -119,14 +119,14 @@ def test_ig_roi_mode_zero_outside(setup):
 
 def test_ig_default_target_is_soft_dice(setup):
     seg, sl, _ = setup
-    ex = explain("ig", seg, sl, box=BOX, nt_samples=0, n_steps=4)  # context target "dice" is not differentiable
+    ex = explain("ig", seg, sl, box=BOX, n_samples=0, n_steps=4)  # context target "dice" is not differentiable
     assert ex.target == "soft-dice"
 
 
 @pytest.mark.parametrize("method", ["ig", "gradcam"])
 def test_gradient_explanation_reports_the_target_it_explained(setup, method):
     seg, sl, _ = setup
-    extra = dict(n_steps=4, nt_samples=0) if method == "ig" else {}
+    extra = dict(n_steps=4, n_samples=0) if method == "ig" else {}
     ex = explain(method, seg, sl, box=BOX, target="dice", **extra)
     assert ex.target == "soft-dice"  # what was actually differentiated
     assert ex.summary()["target"] == "soft-dice"

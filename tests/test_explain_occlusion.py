@@ -112,7 +112,7 @@ def test_occlusion_equals_captum(conv_setup, patch, stride, target):
     n_side = math.ceil((S - patch) / stride) + 1
     maps = []
     for bs in (1, 3, 64):
-        ex = explain("occlusion", seg, sl, box=BOX, roi=None, patch=patch, stride=stride, fill="zero",
+        ex = explain("occlusion", seg, sl, box=BOX, roi=None, window=patch, stride=stride, fill="zero",
                      batch_size=bs, target=target)
         assert ex.mode == "traditional"
         assert ex.n_patch == ex.n_patch_full == n_side ** 2
@@ -137,7 +137,7 @@ def test_occlusion_fills_equal_captum_baselines(conv_setup, fill):
     else:  # blur sigma = patch / 4 (occlusion's choice), scipy's default reflect mode
         baseline = torch.as_tensor(gaussian_filter(sl.astype(np.float32), patch / 4))[None, None]
     expected = _captum(seg, sl, _independent_target("soft-dice", base_mask), patch, stride, baseline)
-    ex = explain("occlusion", seg, sl, box=BOX, patch=patch, stride=stride, fill=fill, batch_size=5,
+    ex = explain("occlusion", seg, sl, box=BOX, window=patch, stride=stride, fill=fill, batch_size=5,
                  target="soft-dice")
     np.testing.assert_allclose(ex.model_heatmap, expected, atol=1e-5)
 
@@ -146,13 +146,13 @@ def test_occlusion_default_patch_and_stride():
     # defaults: patch = S/16, stride = patch/2 -> at S = 64: patch 4, stride 2, 31 x 31 windows
     seg = make_segmenter(TinyConvNet(in_channels=1, seed=1), 64)
     ex = explain("occlusion", seg, _slice(1, size=64), box=(10, 10, 50, 50), target="soft-dice")
-    assert ex.params["patch"] == 4 and ex.params["stride"] == 2
+    assert ex.params["window"] == 4 and ex.params["stride"] == 2
     assert ex.n_patch_full == 31 ** 2
 
 
 def test_occlusion_progress_ends_with_final_map(conv_setup):
     seg, sl, _ = conv_setup
-    gen = iter_explain("occlusion", seg, sl, box=BOX, patch=8, stride=4, batch_size=10, target="soft-dice")
+    gen = iter_explain("occlusion", seg, sl, box=BOX, window=8, stride=4, batch_size=10, target="soft-dice")
     items = []
     while True:
         try:
@@ -191,12 +191,12 @@ def test_guided_occlusion_windows_costs_and_values(linear_setup, patch, stride):
     roi = _roi()
     counter = seg.module
     counter.reset()
-    full = explain("occlusion", seg, sl, roi=None, patch=patch, stride=stride, target="roi-prob", batch_size=7)
+    full = explain("occlusion", seg, sl, roi=None, window=patch, stride=stride, target="roi-prob", batch_size=7)
     assert counter.images == full.n_forward == full.n_patch_full + 1
     assert np.all(full.model_heatmap > 0)
 
     counter.reset()
-    guided = explain("occlusion", seg, sl, roi=roi, patch=patch, stride=stride, target="roi-prob", batch_size=7)
+    guided = explain("occlusion", seg, sl, roi=roi, window=patch, stride=stride, target="roi-prob", batch_size=7)
     windows = _window_grid(S, patch, stride)
     hit = [w for w in windows if roi[w[0]:w[1], w[2]:w[3]].any()]
     side = math.ceil((S - patch) / stride) + 1
@@ -222,8 +222,8 @@ def test_guided_occlusion_windows_costs_and_values(linear_setup, patch, stride):
     assert only_hit.any()
     # values: with a target that does not depend on the ROI (soft Dice against the
     # baseline mask; "roi-prob" means a different region in each mode)
-    full_sd = explain("occlusion", seg, sl, roi=None, patch=patch, stride=stride, target="soft-dice")
-    guided_sd = explain("occlusion", seg, sl, roi=roi, patch=patch, stride=stride, target="soft-dice")
+    full_sd = explain("occlusion", seg, sl, roi=None, window=patch, stride=stride, target="soft-dice")
+    guided_sd = explain("occlusion", seg, sl, roi=roi, window=patch, stride=stride, target="soft-dice")
     np.testing.assert_allclose(guided_sd.model_heatmap[only_hit & roi], full_sd.model_heatmap[only_hit & roi],
                                atol=1e-6)
     assert np.all(guided_sd.model_heatmap[~(covered_by_hit & roi)] == 0)
@@ -243,7 +243,7 @@ def test_guided_occlusion_top_k(linear_setup, top_k):
     score = np.random.default_rng(5).random((S, S)).astype(np.float32)
     counter = seg.module
     counter.reset()
-    ex = explain("occlusion", seg, sl, roi=roi, score_map=score, patch=patch, stride=stride, top_k=top_k,
+    ex = explain("occlusion", seg, sl, roi=roi, score_map=score, window=patch, stride=stride, top_percent=top_k,
                  target="roi-prob")
     windows = _window_grid(S, patch, stride)
     hit = [w for w in windows if roi[w[0]:w[1], w[2]:w[3]].any()]
@@ -290,10 +290,10 @@ def test_adaptive_occlusion_cheaper_and_agrees_with_dense(local_setup):
     seg, sl, roi = local_setup
     counter = seg.module
     counter.reset()
-    dense = explain("occlusion", seg, sl, roi=roi, patch=4, stride=2, target="roi-prob", batch_size=16)
+    dense = explain("occlusion", seg, sl, roi=roi, window=4, stride=2, target="roi-prob", batch_size=16)
     assert counter.images == dense.n_forward
     counter.reset()
-    ada = explain("adaptive-occlusion", seg, sl, roi=roi, patch=4, stride=2, levels=2, threshold=0.25,
+    ada = explain("adaptive-occlusion", seg, sl, roi=roi, window=4, stride=2, levels=2, refine_fraction=0.25,
                   target="roi-prob", batch_size=16)
     assert counter.images == ada.n_forward == ada.n_patch + 1
     assert ada.n_forward < dense.n_forward
@@ -317,8 +317,8 @@ def test_adaptive_occlusion_top_pixels_match_dense_default_threshold(region, fra
     seg = make_segmenter(LocalRegionNet(S, region=region, gain=0.1, offset=float(sl[y0:y1, x0:x1].sum())), S)
     roi = np.zeros((S, S), bool)
     roi[2:30, 2:30] = True
-    dense = explain("occlusion", seg, sl, roi=roi, patch=4, stride=2, target="roi-prob")
-    ada = explain("adaptive-occlusion", seg, sl, roi=roi, patch=4, stride=2, target="roi-prob")
+    dense = explain("occlusion", seg, sl, roi=roi, window=4, stride=2, target="roi-prob")
+    ada = explain("adaptive-occlusion", seg, sl, roi=roi, window=4, stride=2, target="roi-prob")
     assert ada.n_forward < dense.n_forward
     assert (dense.model_heatmap != 0).mean() > frac  # the top set is well defined (no ties at zero)
     # (region (18, 24, 8, 14), top 5 %: IoU 0.645; region (12, 24, 6, 18), top 20 %: IoU 0.565)
@@ -327,7 +327,7 @@ def test_adaptive_occlusion_top_pixels_match_dense_default_threshold(region, fra
 
 def test_adaptive_occlusion_zero_levels_is_dense(local_setup):
     seg, sl, roi = local_setup
-    dense = explain("occlusion", seg, sl, roi=roi, patch=4, stride=2, target="roi-prob")
-    ada = explain("adaptive-occlusion", seg, sl, roi=roi, patch=4, stride=2, levels=0, target="roi-prob")
+    dense = explain("occlusion", seg, sl, roi=roi, window=4, stride=2, target="roi-prob")
+    ada = explain("adaptive-occlusion", seg, sl, roi=roi, window=4, stride=2, levels=0, target="roi-prob")
     assert ada.n_forward == dense.n_forward
     np.testing.assert_allclose(ada.model_heatmap, dense.model_heatmap, atol=1e-6)

@@ -103,7 +103,7 @@ def rise_setup():
 def test_rise_recovers_linear_saliency(rise_setup):
     seg, sl, w = rise_setup
     n, grid, p1 = 2000, 7, 0.5
-    ex = explain("rise", seg, sl, target=LinearProbTarget(w), n_masks=n, grid=grid, p1=p1, normalise=False,
+    ex = explain("rise", seg, sl, target=LinearProbTarget(w), n_samples=n, cells=grid, p1=p1, normalize=False,
                  batch_size=64)
     expected = _rise_expected(w * sl, grid, p1)
     got = ex.model_heatmap.astype(np.float64)
@@ -129,7 +129,7 @@ def test_rise_is_the_weighted_mask_sum(rise_setup, monkeypatch):
 
     monkeypatch.setattr(rise_mod, "rise_masks", recording)
     n, p1 = 250, 0.4
-    ex = explain("rise", seg, sl, target=LinearProbTarget(w), n_masks=n, grid=5, p1=p1, normalise=False,
+    ex = explain("rise", seg, sl, target=LinearProbTarget(w), n_samples=n, cells=5, p1=p1, normalize=False,
                  batch_size=64)
     masks = torch.cat(seen).double().numpy()
     assert masks.shape == (n, S_RISE, S_RISE)
@@ -150,7 +150,7 @@ def test_centred_rise_subtracts_the_mean_score(rise_setup, monkeypatch):
     real = rise_mod.rise_masks
     monkeypatch.setattr(rise_mod, "rise_masks", lambda n, *a, **k: seen.append(real(n, *a, **k)) or seen[-1])
     n, p1 = 200, 0.5
-    ex = explain("rise", seg, sl, target=LinearProbTarget(w), n_masks=n, grid=5, p1=p1, normalise=False,
+    ex = explain("rise", seg, sl, target=LinearProbTarget(w), n_samples=n, cells=5, p1=p1, normalize=False,
                  center=True, batch_size=48)
     masks = torch.cat(seen).double().numpy()
     f = np.einsum("nij,ij->n", masks, (w * sl).astype(np.float64))
@@ -171,7 +171,7 @@ def test_rise_masks_are_made_per_batch(rise_setup, monkeypatch):
     monkeypatch.setattr(rise_mod, "rise_masks", recording)
     counter = seg.module
     counter.reset()
-    ex = explain("rise", seg, sl, n_masks=300, batch_size=32)
+    ex = explain("rise", seg, sl, n_samples=300, batch_size=32)
     assert max(sizes) <= 32
     assert sum(sizes) == 300
     assert ex.n_forward == 301 == counter.images
@@ -187,8 +187,8 @@ def test_rise_roi_constrained(rise_setup, normalise):
     hook = seg.module.register_forward_pre_hook(
         lambda m, inp: outside_change.append(float((inp[0][:, 0] - x).abs()[:, ~torch.as_tensor(roi)].max())))
     try:
-        ex = explain("rise", seg, sl, roi=roi, target=LinearProbTarget(w), n_masks=200, batch_size=50,
-                     normalise=normalise)
+        ex = explain("rise", seg, sl, roi=roi, target=LinearProbTarget(w), n_samples=200, batch_size=50,
+                     normalize=normalise)
     finally:
         hook.remove()
     assert ex.mode == "roi"
@@ -204,7 +204,7 @@ def test_rise_roi_constrained(rise_setup, normalise):
 
 def test_rise_normalised_maps_in_unit_range(rise_setup):
     seg, sl, w = rise_setup
-    ex = explain("rise", seg, sl, target=LinearProbTarget(w), n_masks=200, batch_size=64)
+    ex = explain("rise", seg, sl, target=LinearProbTarget(w), n_samples=200, batch_size=64)
     assert set(ex.maps) >= {"fidelity", "relevance"}
     np.testing.assert_array_equal(ex.maps["fidelity"], ex.heatmap)
     for m in (ex.heatmap, ex.maps["fidelity"], ex.maps["relevance"]):
@@ -215,9 +215,9 @@ def test_rise_normalised_maps_in_unit_range(rise_setup):
 
 def test_rise_same_seed_same_map_and_batch_size_independent(rise_setup):
     seg, sl, w = rise_setup
-    a = explain("rise", seg, sl, n_masks=100, batch_size=64, seed=3)
-    b = explain("rise", seg, sl, n_masks=100, batch_size=64, seed=3)
-    c = explain("rise", seg, sl, n_masks=100, batch_size=64, seed=4)
+    a = explain("rise", seg, sl, n_samples=100, batch_size=64, seed=3)
+    b = explain("rise", seg, sl, n_samples=100, batch_size=64, seed=3)
+    c = explain("rise", seg, sl, n_samples=100, batch_size=64, seed=4)
     np.testing.assert_array_equal(a.heatmap, b.heatmap)
     assert not np.array_equal(a.heatmap, c.heatmap)
 

@@ -189,7 +189,7 @@ def test_explainer_warnings_reach_the_gui_before_the_results(real_scan, qtbot, n
     ex_w.model.choose("phantom")
     ex_w.method.setCurrentText("occlusion")
     ex_w.mode.setCurrentText("ROI-guided")
-    ex_w.params.set_value("patch", 32)
+    ex_w.params.set_value("window", 32)
     ex_w.curves.setChecked(False)
     seen_at_finish = []
     original = ex_w._finish

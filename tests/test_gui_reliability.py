@@ -15,12 +15,12 @@ pytestmark = pytest.mark.gui
 
 #: Per method: parameters that make a run long enough to cancel and to probe.
 LONG_RUNS = {
-    "occlusion": {"patch": 8, "stride": 2},
-    "adaptive-occlusion": {"patch": 8, "stride": 2},
-    "rise": {"n_masks": 2000},
+    "occlusion": {"window": 8, "stride": 2},
+    "adaptive-occlusion": {"window": 8, "stride": 2},
+    "rise": {"n_samples": 2000},
     "lime": {"n_samples": 500},
-    "ig": {"n_steps": 16, "nt_samples": 32},  # a batch of 4 x 16 gradient steps: well under a second
-    "causal": {"n_fillers": 50, "threshold": 0.0},  # every block gets all 50 fillers, whatever the model
+    "ig": {"n_steps": 16, "n_samples": 32},  # a batch of 4 x 16 gradient steps: well under a second
+    "causal": {"n_samples": 50, "threshold_dice": 0.0},  # every block gets all 50 fillers, whatever the model
     "segx": {},
 }
 
@@ -30,12 +30,12 @@ CANCEL_LATENCY_S = 2.0
 
 #: Shorter runs for the responsiveness probe: enough live updates to measure, no more.
 PROBE_RUNS = {
-    "occlusion": {"patch": 16, "stride": 8},
-    "adaptive-occlusion": {"patch": 16, "stride": 8},
-    "rise": {"n_masks": 400},
+    "occlusion": {"window": 16, "stride": 8},
+    "adaptive-occlusion": {"window": 16, "stride": 8},
+    "rise": {"n_samples": 400},
     "lime": {"n_samples": 200},
-    "ig": {"n_steps": 16, "nt_samples": 4},
-    "causal": {"n_fillers": 10},
+    "ig": {"n_steps": 16, "n_samples": 4},
+    "causal": {"n_samples": 10},
 }
 
 

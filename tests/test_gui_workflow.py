@@ -67,7 +67,7 @@ def test_prompt_roi_segmentation_and_roi_guided_occlusion(scene, qtbot, tmp_path
 
     ex_w.method.setCurrentText("occlusion")
     ex_w.mode.setCurrentText("ROI-guided")
-    ex_w.params.set_value("patch", 32)
+    ex_w.params.set_value("window", 32)
     ex_w.curves.setChecked(False)
     ex_w.explain()
     _wait(qtbot, ex_w.run)
@@ -95,7 +95,7 @@ def test_prompt_roi_segmentation_and_roi_guided_occlusion(scene, qtbot, tmp_path
     # the layer holds exactly what the library computes for the same inputs
     plane = np.asarray(take_slice(image.data, 0, index))
     ref = explain("occlusion", load_segmenter("phantom"), plane, box=record["params"]["box"], roi=roi,
-                  patch=32, seed=0)
+                  window=32, seed=0)
     np.testing.assert_allclose(np.asarray(heat_layer.data[0]), ref.heatmap, atol=1e-6)
     # records keep 6 decimals
     assert record["n_forward"] == ref.n_forward and record["rho"] == pytest.approx(ref.rho, abs=1e-6)
@@ -133,7 +133,7 @@ def test_cancel_stops_within_a_batch_and_marks_partial(scene, qtbot):
     _prepare_roi(viewer, image, labels, index)
     ex_w.method.setCurrentText("rise")
     ex_w.mode.setCurrentText("ROI-guided")
-    ex_w.params.set_value("n_masks", 4000)
+    ex_w.params.set_value("n_samples", 4000)
     ex_w.batch.setValue(8)
     ex_w.curves.setChecked(False)
     progressed = []
@@ -168,7 +168,7 @@ def test_event_loop_stays_responsive_during_a_run(scene, qtbot):
     _prepare_roi(viewer, image, labels, index)
     ex_w.method.setCurrentText("rise")
     ex_w.mode.setCurrentText("ROI-guided")
-    ex_w.params.set_value("n_masks", 400)
+    ex_w.params.set_value("n_samples", 400)
     ex_w.curves.setChecked(False)
     ticks = []
     timer = QTimer()

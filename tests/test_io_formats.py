@@ -355,7 +355,7 @@ def test_cli_explains_a_dicom_series_and_the_heatmap_overlays_it(tmp_path, capsy
                                              spacing=(3.0, 0.8, 0.8))
     out = tmp_path / "out"
     code = main(["explain", str(folder), "--slice", "1", "--box", "8", "8", "56", "56", "--roi", "none",
-                 "--mode", "traditional", "--model", "phantom", "--param", "occlusion.patch=64",
+                 "--mode", "traditional", "--model", "phantom", "--param", "occlusion.window=64",
                  "--param", "occlusion.stride=64", "--no-curves", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     heat = nib.load(out / "occlusion-traditional.nii.gz")

@@ -167,7 +167,7 @@ def test_other_non_integer_volumes_are_refused():
 
 # --- CLI end to end -------------------------------------------------------------------------
 SHAPE = (4, 48, 48)
-FAST = ["--model", "phantom", "--localizer", "phantom", "--param", "occlusion.patch=48",
+FAST = ["--model", "phantom", "--localizer", "phantom", "--param", "occlusion.window=48",
         "--param", "occlusion.stride=48", "--no-curves"]
 
 

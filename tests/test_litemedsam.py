@@ -169,11 +169,11 @@ def test_explainers_run_on_litemedsam(seg):
     box = (30, 2, 90, 58)
     roi = np.zeros(image.shape, bool)
     roi[0:64, 24:96] = True
-    occ = explain("occlusion", seg, image, box=box, roi=roi, patch=64, stride=64, batch_size=4)
+    occ = explain("occlusion", seg, image, box=box, roi=roi, window=64, stride=64, batch_size=4)
     assert occ.mode == "roi" and 1 < occ.n_forward <= 17 and occ.heatmap.shape == image.shape
     assert np.abs(occ.heatmap[~roi]).max() == 0 and np.abs(occ.heatmap[roi]).max() > 0
     cam = explain("gradcam", seg, image, box=box)
     assert cam.params["layer"] == "image_encoder.neck" and np.isfinite(cam.heatmap).all()
     assert cam.heatmap.max() > 0
-    ig = explain("ig", seg, image, box=box, n_steps=2, nt_samples=1)
+    ig = explain("ig", seg, image, box=box, n_steps=2, n_samples=1)
     assert np.isfinite(ig.heatmap).all() and np.abs(ig.heatmap).max() > 0

@@ -139,7 +139,7 @@ def test_roi_ig_equals_captum_on_the_masked_forward(conv_seg, size):
     n, steps, std, seed = 4, 8, 0.3, 11
     ex = None
     partial = []
-    gen = iter_explain("ig", seg, sl, box=box, roi=roi, nt_samples=n, stdevs=std, n_steps=steps,
+    gen = iter_explain("ig", seg, sl, box=box, roi=roi, n_samples=n, stdevs=std, n_steps=steps,
                        target="soft-dice", seed=seed)
     while True:
         try:
@@ -180,7 +180,7 @@ def test_roi_occlusion_model_map_is_zero_outside_the_roi(conv_seg):
     sl = np.random.default_rng(1).uniform(0.2, 1.0, (S, S)).astype(np.float32)
     roi = _roi(S)
     patch, stride = 8, 4
-    ex = explain("occlusion", seg, sl, box=BOX, roi=roi, patch=patch, stride=stride, target="soft-dice")
+    ex = explain("occlusion", seg, sl, box=BOX, roi=roi, window=patch, stride=stride, target="soft-dice")
 
     ctx = Context(seg, sl, box=BOX)
 
@@ -209,9 +209,9 @@ def test_roi_occlusion_model_map_is_zero_outside_the_roi(conv_seg):
 
 
 @pytest.mark.parametrize("method,params", [
-    ("occlusion", {"patch": 8, "stride": 8}), ("adaptive-occlusion", {"patch": 8, "stride": 8}),
-    ("rise", {"n_masks": 16}), ("lime", {"n_samples": 16}), ("ig", {"n_steps": 4, "nt_samples": 2}),
-    ("gradcam", {}), ("causal", {"n_fillers": 2, "n_screen": 1, "threshold": 0.0}),
+    ("occlusion", {"window": 8, "stride": 8}), ("adaptive-occlusion", {"window": 8, "stride": 8}),
+    ("rise", {"n_samples": 16}), ("lime", {"n_samples": 16}), ("ig", {"n_steps": 4, "n_samples": 2}),
+    ("gradcam", {}), ("causal", {"n_samples": 2, "n_screen": 1, "threshold_dice": 0.0}),
 ])
 def test_every_roi_mode_map_is_zero_outside_the_roi_at_both_resolutions(method, params):
     from napari_xaiclip.roi import roi_to_model

@@ -231,7 +231,7 @@ SR = 32
 
 
 def _occlusion_fn(sl):
-    return lambda seg: explain("occlusion", seg, sl, patch=4, stride=2, target="soft-dice")
+    return lambda seg: explain("occlusion", seg, sl, window=4, stride=2, target="soft-dice")
 
 
 def test_randomization_check_passes_for_occlusion_on_structured_model():
@@ -275,9 +275,9 @@ def test_module_all_is_complete():
 
 
 RANDOMISATION_PARAMS = {
-    "occlusion": dict(patch=4, stride=2), "adaptive-occlusion": dict(patch=4, stride=2),
-    "rise": dict(n_masks=200, center=True), "lime": dict(n_samples=100), "ig": dict(n_steps=8, nt_samples=2),
-    "causal": dict(n_fillers=4, threshold=0.0), "segx": {},
+    "occlusion": dict(window=4, stride=2), "adaptive-occlusion": dict(window=4, stride=2),
+    "rise": dict(n_samples=200, center=True), "lime": dict(n_samples=100), "ig": dict(n_steps=8, n_samples=2),
+    "causal": dict(n_samples=4, threshold_dice=0.0), "segx": {},
 }
 
 
@@ -301,6 +301,6 @@ def test_uncentred_rise_fails_the_randomisation_check_where_centred_rise_passes(
 
     def run(center):
         return randomization_check(lambda s: explain("rise", s, sl, box=(4, 4, 28, 28), target="soft-dice",
-                                                     n_masks=200, center=center), seg)
+                                                     n_samples=200, center=center), seg)
 
     assert not run(False)["passed"] and run(True)["passed"]

@@ -15,7 +15,7 @@ from napari_xaiclip.cli import main
 from napari_xaiclip.outputs import LABEL_VALUE, figure_name, heatmap_stem
 
 ROWS, COLS = 40, 40  # square: the toy segmenter is exact only without resizing
-TOY = ["--model", "module:test_outputs:bright_segmenter", "--param", "occlusion.patch=16",
+TOY = ["--model", "module:test_outputs:bright_segmenter", "--param", "occlusion.window=16",
        "--param", "occlusion.stride=16", "--no-curves", "--roi", "none", "--mode", "traditional"]
 
 

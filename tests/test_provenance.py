@@ -15,7 +15,7 @@ from napari_xaiclip.models import load_localizer, load_segmenter
 from napari_xaiclip.phantom import make_phantom
 from napari_xaiclip.provenance import model_provenance, phantom_model_warnings, roi_overlap_warning
 
-FAST = ["--param", "occlusion.patch=64", "--param", "occlusion.stride=64", "--no-curves", "--model", "phantom"]
+FAST = ["--param", "occlusion.window=64", "--param", "occlusion.stride=64", "--no-curves", "--model", "phantom"]
 CLASSES = "liver, right kidney, spleen, pancreas, aorta, stomach, left kidney"
 
 

@@ -264,14 +264,14 @@ def test_put_slice_of_wrong_shape_raises_and_leaves_the_volume_alone(case, h, w)
 S = 32
 #: cheap parameters that still exercise every code path of each method
 CHEAP = {
-    "occlusion": {"patch": 8},
-    "adaptive-occlusion": {"patch": 8},
-    "rise": {"n_masks": 16},
+    "occlusion": {"window": 8},
+    "adaptive-occlusion": {"window": 8},
+    "rise": {"n_samples": 16},
     "lime": {"n_samples": 20},
-    "ig": {"n_steps": 2, "nt_samples": 1},
+    "ig": {"n_steps": 2, "n_samples": 1},
     "gradcam": {},
-    "causal": {"n_fillers": 3},
-    "segx": {"base": "occlusion", "base_params": {"patch": 8}},
+    "causal": {"n_samples": 3},
+    "segx": {"base": "occlusion", "base_params": {"window": 8}},
 }
 #: the only ValueErrors an explainer may raise for these inputs, by what caused them
 CLEAR_ERRORS = {
@@ -427,7 +427,7 @@ def test_slice_spanning_the_float32_range_gives_finite_probabilities(toy, which)
     seg = toy if which == "module-segmenter" else _default_segmenter()
     box = (2, 2, 30, 20)
     assert np.isfinite(seg.segment(image, box=box)).all()
-    ex = explain("occlusion", seg, image, box=box, patch=seg.input_size // 4)
+    ex = explain("occlusion", seg, image, box=box, window=seg.input_size // 4)
     _check_explanation(ex, image.shape)
 
 
@@ -596,7 +596,7 @@ def test_cli_explains_the_first_volume_of_a_4d_time_file(tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match="3 time points"):
         code = _cli(bad.path, out, "--model", "module:test_reliability_inputs:toy_cli_segmenter",
-                    "--param", "occlusion.patch=8", "--no-curves")
+                    "--param", "occlusion.window=8", "--no-curves")
     assert code == 0, capsys.readouterr().err
     heat = nib.load(str(out / "occlusion-traditional.nii.gz"))
     assert heat.shape == nib.load(str(bad.path)).shape[:3]  # 3D, in the source's own geometry
@@ -636,7 +636,7 @@ def test_cli_failing_mid_run_leaves_no_partial_file(tmp_path, capsys, factory, s
     save_volume(src, vol)
     out = tmp_path / "out"
     spec = f"module:test_reliability_inputs:{factory}"
-    code = _cli(src, out, "--model", spec, "--param", "occlusion.patch=8", "--no-curves",
+    code = _cli(src, out, "--model", spec, "--param", "occlusion.window=8", "--no-curves",
                 "--method", "occlusion", "rise")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == status

@@ -79,7 +79,7 @@ def test_records_carry_in_roi_figures_and_the_trivial_baseline():
     roi[6:26, 6:26] = True
     seg = make_segmenter(IdentityProbNet(), size=32, normalize="minmax", counting=False)
     results = explain_slice(seg, image, (4, 4, 28, 28), ["occlusion"], "both", roi=roi, curves=True,
-                            curve_steps=8, params={"occlusion": {"patch": 8, "stride": 8}})
+                            curve_steps=8, params={"occlusion": {"window": 8, "stride": 8}})
     for r in results:
         assert set(ROI_FIELDS) - {"trivial_dice_vs_gt"} <= {k for k, v in r.record.items() if v is not None}
         expected = trivial_metrics(r.explanation.baseline_mask, roi)
@@ -100,7 +100,7 @@ def test_roi_mode_totals_include_the_roi_cost_and_traditional_totals_do_not():
     roi[8:24, 8:24] = True
     seg = make_segmenter(IdentityProbNet(), size=32, normalize="minmax", counting=False)
     results = explain_slice(seg, image, (4, 4, 28, 28), ["occlusion"], "both", roi=roi, curves=False,
-                            params={"occlusion": {"patch": 8, "stride": 8}}, roi_cost=(0.5, 2.0))
+                            params={"occlusion": {"window": 8, "stride": 8}}, roi_cost=(0.5, 2.0))
     by_mode = {r.record["mode"]: r for r in results}
     trad, guided = by_mode["traditional"], by_mode["roi"]
     assert guided.record["total_seconds"] == pytest.approx(guided.explanation.seconds + 0.5, abs=1e-5)

@@ -109,8 +109,8 @@ def conv():
 
 def test_segx_map_is_the_explanation_inside_the_mask(conv):
     seg, sl = conv
-    base = explain("occlusion", seg, sl, box=BOX, patch=8)
-    ex = explain("segx", seg, sl, box=BOX, base="occlusion", base_params={"patch": 8}, top_percent=5.0)
+    base = explain("occlusion", seg, sl, box=BOX, window=8)
+    ex = explain("segx", seg, sl, box=BOX, base="occlusion", base_params={"window": 8}, top_percent=5.0)
     mask = ex.baseline_mask
     assert 0 < mask.sum() < S * S
     np.testing.assert_allclose(ex.maps["base"], base.model_heatmap, atol=1e-6)
@@ -132,12 +132,12 @@ def test_segx_map_is_the_explanation_inside_the_mask(conv):
     assert ex.n_forward == base.n_forward
     assert (ex.n_patch, ex.n_patch_full) == (base.n_patch, base.n_patch_full)
     assert ex.gflops == pytest.approx(base.gflops)
-    assert ex.params["base"] == "occlusion" and ex.params["base_params"]["patch"] == 8
+    assert ex.params["base"] == "occlusion" and ex.params["base_params"]["window"] == 8
 
 
 def test_segx_forwards_the_base_progress(conv):
     seg, sl = conv
-    gen = iter_explain("segx", seg, sl, box=BOX, base="occlusion", base_params={"patch": 8}, batch_size=10)
+    gen = iter_explain("segx", seg, sl, box=BOX, base="occlusion", base_params={"window": 8}, batch_size=10)
     stages = []
     while True:
         try:
@@ -154,8 +154,8 @@ def test_segx_forwards_the_base_progress(conv):
 def test_causal_is_refused_as_base_because_its_segx_map_would_be_zero():
     seg = make_segmenter(TwoBlockNet(), S)
     sl = np.full((S, S), 0.1, np.float32)
-    params = {"block": 8, "n_fillers": 4, "filler_bank": BANK}
-    with pytest.raises(ValueError, match="causal cannot be SegX's base"):
+    params = {"window": 8, "n_samples": 4, "filler_bank": BANK}
+    with pytest.raises(ValueError, match="segx.base must be one of .*causal scores only blocks outside the segmentation"):
         explain("segx", seg, sl, base="causal", base_params=params)
 
 
@@ -165,17 +165,17 @@ def test_a_causal_map_is_positive_where_the_block_supports_the_segmentation():
     sl = np.full((S, S), 0.1, np.float32)
     sl[0:8, 0:8] = 1.0
     sl[24:32, 0:8] = 1.0
-    ex = explain("causal", seg, sl, block=8, n_fillers=4, filler_bank=BANK)
+    ex = explain("causal", seg, sl, window=8, n_samples=4, filler_bank=BANK)
     np.testing.assert_allclose(ex.model_heatmap[0:8, 0:8], 100.0, atol=1e-4)
     assert ex.model_heatmap.max() == pytest.approx(100.0, abs=1e-4)
 
 
 @pytest.mark.parametrize("kwargs,pattern", [
-    (dict(base="segx"), r"unknown base explainer 'segx'"),
-    (dict(base="shap"), r"unknown base explainer 'shap'"),
-    (dict(base_params={"patches": 3}), r"unknown parameters for occlusion: \['patches'\]"),
-    (dict(top_percent=0), r"top_percent is a percentage"),
-    (dict(top_percent=101), r"top_percent is a percentage"),
+    (dict(base="segx"), r"segx.base must be one of .*'segx': segx cannot build on itself"),
+    (dict(base="shap"), r"segx.base must be one of occlusion, adaptive-occlusion, rise, lime, ig, gradcam, got 'shap'$"),
+    (dict(base_params={"patches": 3}), r"unknown parameter 'patches' for occlusion"),
+    (dict(top_percent=0), r"segx.top_percent must be >= 1e-09"),
+    (dict(top_percent=101), r"segx.top_percent must be <= 100"),
 ])
 def test_bad_parameters_raise(conv, kwargs, pattern):
     seg, sl = conv

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_explain import TerminalProgress
+from .progress import TerminalProgress
 from .io import atomic_write_text, load_volume, save_volume
 from .phantom import make_phantom
 from .slicing import check_slice
@@ -39,7 +39,7 @@ __all__ = ["DEMO_SHAPE", "FAST_PARAMS", "METHODS", "TABLE_FIELDS", "run_demo"]
 DEMO_SHAPE = (48, 256, 256)
 METHODS = ("occlusion", "rise", "lime")
 #: Parameters of ``--fast``: fewer RISE masks and LIME samples.
-FAST_PARAMS = {"rise": {"n_masks": 500}, "lime": {"n_samples": 200}}
+FAST_PARAMS = {"rise": {"n_samples": 500}, "lime": {"n_samples": 200}}
 #: Deletion/insertion curves (the demo's default; tests switch them off).
 CURVES = True
 PROMPT, ORGAN, LIVER = "liver", "liver", 1
@@ -73,7 +73,7 @@ def run_demo(out: Path, slice_index: int | None = None, fast: bool = False, seed
     fast : RISE with 500 masks and LIME with 200 samples (:data:`FAST_PARAMS`).
     seed : phantom and explainer seed. Default: 0.
     shape : phantom size (z, y, x). Default: :data:`DEMO_SHAPE`.
-    params : method parameters on top of the defaults, e.g. ``{"rise": {"n_masks": 100}}``.
+    params : method parameters on top of the defaults, e.g. ``{"rise": {"n_samples": 100}}``.
     curves : compute deletion/insertion AUC. Default: :data:`CURVES`.
     stream : where progress and the table go. Default: stdout.
     model : segmenter spec. Default: "phantom" (the phantom-trained tiny SAM, for speed);

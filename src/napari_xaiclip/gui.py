@@ -23,13 +23,25 @@ def open_volume(viewer, volume: str | None = None, labels: str | None = None, mo
         tuples = read_nifti(str(volume))
         if labels is not None:
             lab = read_nifti(str(labels))[0]
-            tuples.append((lab[0].astype("int32"), {**lab[1], "opacity": 0.4}, "labels"))
+            data = _checked_labels(str(labels), lab, tuples[0])
+            tuples.append((data, {**lab[1], "opacity": 0.4}, "labels"))
     image_layer = None
     for data, kwargs, kind in tuples:
         layer = getattr(viewer, f"add_{kind}")(data, **kwargs)
         if kind == "image" and image_layer is None:
             image_layer = layer
     return image_layer
+
+
+def _checked_labels(path: str, labels: tuple, image: tuple):
+    """int32 labels of a label file's layer tuple, refused unless on the image's grid and integer."""
+    from .labels import check_same_grid, labels_from_volume
+
+    lab_geo, img_geo = (t[1]["metadata"]["xaiclip_geometry"] for t in (labels, image))
+    files = (lab_geo["source_affine"], img_geo["source_affine"])
+    check_same_grid(lab_geo["affine"], labels[0].shape, img_geo["affine"], image[0].shape, path,
+                    shown=files if all(f is not None for f in files) else (None, None))
+    return labels_from_volume(labels[0], source=path)
 
 
 #: Minimum height (px) up to which a tabbed widget needs no scroll area of ours.

@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ __all__ = [
     "save_volume",
     "to_source_order",
     "layer_geometry",
+    "verify_gzip",
     "volume_from_layer_metadata",
 ]
 
@@ -58,6 +60,8 @@ DISPLAY_AXCODES = ("I", "P", "L")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Largest volume we agree to read (voxels); guards against corrupt headers.
 MAX_VOXELS = 2_000_000_000
+#: Bytes read, and at most produced, per step of the gzip check: memory stays constant.
+GZIP_CHUNK = 1 << 20
 
 
 @dataclass
@@ -194,7 +198,7 @@ def _load_image(path: Path):
     return img
 
 
-def _reduce_to_3d(img, path: Path) -> tuple:
+def _reduce_to_3d(img, path: Path, unpacked: int | None = None) -> tuple:
     """Index into ``img.dataobj`` that picks its 3D (or 2D) part, or raise."""
     shape = tuple(int(s) for s in img.shape)
     if any(s <= 0 for s in shape):
@@ -206,7 +210,7 @@ def _reduce_to_3d(img, path: Path) -> tuple:
         raise ValueError(f"{path}: RGB/structured voxels are not supported; convert to a grey-level scan")
     if dtype.kind == "c":
         raise ValueError(f"{path}: complex voxels ({dtype}) are not supported; save the magnitude image")
-    _check_size(img, path, shape, dtype)
+    _check_size(img, path, shape, dtype, unpacked)
     core = shape[:3]
     extra = shape[3:]
     while extra and extra[-1] == 1:
@@ -224,25 +228,71 @@ def _reduce_to_3d(img, path: Path) -> tuple:
     )
 
 
-def _check_size(img, path: Path, shape: tuple, dtype) -> None:
-    """Refuse a file too short for the voxels its header claims, before anything is allocated."""
-    import struct
+def _check_size(img, path: Path, shape: tuple, dtype, unpacked: int | None) -> None:
+    """Refuse a file too short for the voxels its header claims, before anything is allocated.
 
+    ``unpacked``: the uncompressed size of a ``.gz`` file (from :func:`verify_gzip`), else None.
+    """
     claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize + int(img.header.get_data_offset())
-    size = path.stat().st_size
-    if not str(path).lower().endswith(".gz"):
-        if size < claimed:
-            raise ValueError(f"{path}: truncated: the header claims {shape} voxels ({claimed} bytes) "
-                             f"but the file has {size} bytes")
-        return
-    if claimed >= 2**32 or size < 18:
-        return  # gzip records the uncompressed size modulo 2**32 only; the read itself will tell
-    with open(path, "rb") as fh:
-        fh.seek(-4, 2)
-        isize = struct.unpack("<I", fh.read(4))[0]
-    if isize < claimed:
+    size = path.stat().st_size if unpacked is None else unpacked
+    if size < claimed:
+        held = "the file has" if unpacked is None else "the file decompresses to"
         raise ValueError(f"{path}: truncated: the header claims {shape} voxels ({claimed} bytes) "
-                         f"but the compressed file holds {isize} bytes")
+                         f"but {held} {size} bytes")
+
+
+def verify_gzip(path: str | os.PathLike) -> int:
+    """Decompress a whole gzip file so zlib checks every member's CRC32 and length; returns the bytes it holds.
+
+    nibabel stops reading once it has the voxels and never reaches the trailer, so a
+    flipped bit would otherwise give altered voxels silently. Members follow each
+    other as ``cat a.gz b.gz`` makes them; zero padding after the last is allowed.
+
+    Raises
+    ------
+    ValueError
+        ``"<path> is a corrupted gzip file (<cause>): ..."`` for a CRC or length
+        mismatch, a truncated stream, or bytes that are not gzip.
+    """
+    total, members = 0, 0
+    try:
+        with open(path, "rb") as fh:
+            pending = b""
+            while True:
+                pending = pending or fh.read(GZIP_CHUNK)
+                if not pending:
+                    break
+                if members:
+                    pending = pending.lstrip(b"\0")  # zero padding after a member, as tape archives leave
+                    if not pending:
+                        continue
+                size, pending = _gzip_member(fh, pending)
+                total, members = total + size, members + 1
+    except (zlib.error, EOFError) as exc:
+        raise ValueError(f"{path} is a corrupted gzip file ({_gzip_cause(exc)}): not a readable NIfTI file; "
+                         "copy or export it again") from None
+    if not members:
+        raise ValueError(f"{path} is a corrupted gzip file (it is empty): not a readable NIfTI file")
+    return total
+
+
+def _gzip_member(fh, pending: bytes) -> tuple[int, bytes]:
+    """Decompress the member starting at ``pending``: (its uncompressed size, the bytes after it)."""
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    size = 0
+    while not d.eof:
+        if not pending:
+            pending = fh.read(GZIP_CHUNK)
+            if not pending:
+                raise EOFError("truncated: the stream ends before its gzip trailer")
+        size += len(d.decompress(pending, GZIP_CHUNK))
+        pending = d.unconsumed_tail
+    return size, d.unused_data + pending
+
+
+def _gzip_cause(exc: Exception) -> str:
+    text = str(exc)
+    return text.split(": ", 1)[1] if text.startswith("Error ") and ": " in text else text
 
 
 def _is_time_axis(img) -> bool:
@@ -285,8 +335,9 @@ def load_volume(path: str | os.PathLike, series: str | None = None) -> Volume:
     if series is not None:
         raise ValueError(f"{path}: series= chooses a series in a DICOM folder; this is not one")
     _check_readable(path)
+    unpacked = verify_gzip(path) if str(path).lower().endswith(".gz") else None
     img = _load_image(path)
-    index = _reduce_to_3d(img, path)
+    index = _reduce_to_3d(img, path, unpacked)
     affine = np.asarray(img.affine, dtype=np.float64)
     _check_affine(affine, path)
     try:

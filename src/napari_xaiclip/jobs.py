@@ -14,23 +14,24 @@ NRRD sources get a ``.nrrd`` copy of every volume too.
 
 from __future__ import annotations
 
+
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .io import Volume, load_volume
 from .outputs import LABEL_VALUE, ROI_STEM, SEGMENTATION_STEM, figure_name, heatmap_stem, write_volume
-from .labels import describe_labels, label_table, labels_from_volume, organ_value
-from .pipeline import COST_FIELDS, METRIC_FIELDS, ROI_FIELDS, box_from_mask, expand_modes, iter_explain_slice, localize
+from .labels import label_table, load_organ_labels, organ_value
+from .pipeline import COST_FIELDS, METRIC_FIELDS, ROI_FIELDS, box_from_mask, expand_modes, iter_explain_slice, localize, with_filler_bank
 from .preprocess import PRESETS, apply_preset
-from .slicing import check_slice, put_slice, take_slice
+from .slicing import check_slice, filler_slices, put_slice, take_slice
 
-__all__ = ["CASE_FIELDS", "CONSOLE_FIELDS", "Case", "PreparedCase", "bank_slices", "organ_value", "parse_slices", "prepare_case",
+__all__ = ["CASE_FIELDS", "CONSOLE_FIELDS", "Case", "PreparedCase", "organ_value", "parse_slices", "prepare_case", "run_components",
            "run_case", "slice_box_and_gt"]
 
 LABELS_ROI_TAUTOLOGY = ("the ROI comes from the same labels as the ground truth: in ROI-guided mode dice_vs_gt, "
@@ -112,19 +113,9 @@ def parse_slices(text: str) -> list[int]:
 
 def prepare_case(case: Case) -> PreparedCase:
     """Load and check everything a job needs; raises ValueError before any output is written."""
-    from .explain import METHODS, method_defaults
+    from .explain.registry import check_run
 
-    for m in case.methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
-    if not case.methods:
-        raise ValueError("no method given")
-    for m, given in case.params.items():
-        if m not in METHODS:
-            raise ValueError(f"parameters given for an unknown method {m!r}; methods: {', '.join(METHODS)}")
-        unknown = set(given) - set(method_defaults(m))
-        if unknown:
-            raise ValueError(f"unknown parameters for {m}: {sorted(unknown)}; known: {sorted(method_defaults(m))}")
+    case = replace(case, params=check_run(case.methods, case.params))
     modes = expand_modes(case.modes)
     if case.preprocess not in PRESETS:
         raise ValueError(f"unknown preprocessing {case.preprocess!r}; choose from {', '.join(PRESETS)}")
@@ -137,7 +128,7 @@ def prepare_case(case: Case) -> PreparedCase:
     if not Path(case.volume).exists():
         raise ValueError(f"{case.volume}: no such file")
     vol = load_volume(case.volume, series=case.series)  # a folder that is no DICOM series is refused there
-    labels, value = _load_labels(case, vol.data.shape) if case.labels else (None, None)
+    labels, value = _load_labels(case, vol) if case.labels else (None, None)
     if not case.labels:
         for what, given in (("--organ", case.organ), ("--label-names", case.label_names),
                             ("--labels-threshold", case.labels_threshold)):
@@ -167,28 +158,9 @@ def prepare_case(case: Case) -> PreparedCase:
     return PreparedCase(case, vol, labels, value, list(slices), modes)
 
 
-def _load_labels(case: Case, shape: tuple) -> tuple[np.ndarray, int]:
-    """(int32 labels of ``shape``, the organ's value) from ``case.labels``; ValueError names the file.
-
-    With ``case.labels_threshold`` the file is one organ's map: voxels >= T get the organ's value.
-    """
-    if not Path(case.labels).is_file():
-        raise ValueError(f"{case.labels}: no such file")
-    lab = load_volume(case.labels)
-    if lab.data.shape != shape:
-        raise ValueError(f"labels {case.labels} of shape {lab.data.shape} do not match the volume's {shape}")
-    if case.organ is None:
-        raise ValueError("--labels needs --organ (a name such as liver, or a label number)")
-    names = label_table(case.label_names)
-    value = organ_value(case.organ, names)
-    labels = labels_from_volume(lab.data, case.labels_threshold, source=str(case.labels))
-    if case.labels_threshold is not None:
-        labels *= value
-    if not np.any(labels == value):
-        held = (describe_labels(labels, names) if case.labels_threshold is None
-                else f"no voxel >= --labels-threshold {case.labels_threshold:g}")
-        raise ValueError(f"organ {case.organ!r} (label {value}) is not in {case.labels}; it holds: {held}")
-    return labels, value
+def _load_labels(case: Case, image: Volume) -> tuple[np.ndarray, int]:
+    """(int32 labels on ``image``'s grid, the organ's value) from ``case.labels``; ValueError names the file."""
+    return load_organ_labels(case.labels, image, case.organ, label_table(case.label_names), case.labels_threshold)
 
 
 def slice_box_and_gt(prep: PreparedCase, index: int):
@@ -204,13 +176,29 @@ def slice_box_and_gt(prep: PreparedCase, index: int):
     return image, box_from_mask(gt, case.box_margin), gt
 
 
-def bank_slices(prep: PreparedCase, index: int, n: int = 8) -> list[np.ndarray]:
-    """Other slices of the volume, evenly spaced, as the causal method's filler bank."""
-    case = prep.case
-    size = prep.volume.data.shape[case.axis]
-    picks = [int(i) for i in np.unique(np.linspace(0, size - 1, n + 1).round()) if int(i) != index][:n]
-    image = [take_slice(prep.volume.data, case.axis, i) for i in picks]
-    return [apply_preset(s, case.preprocess) if case.preprocess != "none" else s for s in image]
+def _preparation(case: Case):
+    """The case's slice preprocessing as a function (None for none)."""
+    return (lambda s: apply_preset(s, case.preprocess)) if case.preprocess != "none" else None
+
+
+def run_components(case: Case, out, ablation: str = "zero", n_fillers: int = 8) -> list[dict]:
+    """Component effects on the first slice of ``case``; writes components.csv/json and components.png."""
+    from .explain.components import component_effects, save_component_chart
+    from .models import load_segmenter
+    from .reports import write_metrics
+
+    prep = prepare_case(case)
+    index = prep.slices[0]
+    image, box, _ = slice_box_and_gt(prep, index)
+    fillers = (filler_slices(prep.volume.data, case.axis, index, n_fillers, _preparation(case))
+               if ablation == "mean" else None)
+    records = component_effects(load_segmenter(case.model), image, box=box, mode=ablation, filler_slices=fillers)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["component", "kind", "mode", "target", "target_base", "target_ablated", "ate_dice", "ate", "n_forward"]
+    write_metrics(out, records, fields, stem="components")
+    save_component_chart(records, out / "components.png")
+    return records
 
 
 def _roi_margin(case: Case) -> int:
@@ -326,21 +314,21 @@ def _run(prep: PreparedCase, seg, loc, stage: Path, on_progress, save_figure, wa
     multi = len(prep.slices) > 1
     for n, index in enumerate(prep.slices):
         image, raw, gt, box, roi, score, roi_cost = _slice_inputs(prep, index, seg, loc)
-        params = dict(case.params)
-        if "causal" in case.methods and "bank_slices" not in params.get("causal", {}):
-            params["causal"] = {**params.get("causal", {}), "bank_slices": bank_slices(prep, index)}
+        params = {m: {} for m in case.methods} | dict(case.params)
+        params = with_filler_bank(params, vol.data, case.axis, index, _preparation(case))
         gen = iter_explain_slice(seg, image, box, case.methods, prep.modes, roi=roi, gt=gt, score_map=score,
                                  seed=case.seed, params=params, curves=case.curves, warnings=warnings,
                                  roi_cost=roi_cost,
                                  on_warning=lambda w, i=index: say("warning", f"slice {i}: {w}"))
         while True:
             try:
-                job, n_jobs, label, p = next(gen)
+                step = next(gen)
             except StopIteration as stop:
                 results = stop.value
                 break
             if on_progress is not None:
-                on_progress(f"slice {index}: {label}", n * n_jobs + job, len(prep.slices) * n_jobs)
+                on_progress(f"slice {index}: {step.label}", n * step.n_jobs + step.job,
+                            len(prep.slices) * step.n_jobs)
         base_mask = results[0].explanation.baseline_mask
         put_slice(seg_vol, case.axis, index, base_mask.astype(np.uint8) * LABEL_VALUE)
         if roi is not None:

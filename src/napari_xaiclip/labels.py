@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FLARE22_NAMES", "describe_labels", "label_table", "labels_from_volume", "organ_value",
+__all__ = ["FLARE22_NAMES", "GRID_TOLERANCE", "check_labels_match", "check_same_grid", "describe_labels",
+           "label_table", "labels_from_volume", "load_label_volume", "load_organ_labels", "organ_value",
            "read_label_names"]
 
 #: FLARE22 label numbers (13 abdominal organs); the phantom draws 1-5, 11 and 13.
@@ -276,7 +277,8 @@ def labels_from_volume(data, threshold: float | None = None, source: str = "labe
     ------
     ValueError
         Non-finite values, non-integer values without a threshold (a
-        probability map gets a ``--labels-threshold`` hint), a bad threshold.
+        probability map gets a ``--labels-threshold`` hint), negative values
+        (an image given as labels), a bad threshold.
     """
     data = np.asarray(data)
     if threshold is not None:
@@ -285,7 +287,17 @@ def labels_from_volume(data, threshold: float | None = None, source: str = "labe
             raise ValueError(f"--labels-threshold must be a finite number, got {threshold!r}")
         return (np.nan_to_num(data.astype(np.float64), nan=-np.inf) >= t).astype(np.int32)
     if data.dtype == bool or np.issubdtype(data.dtype, np.integer):
-        return data.astype(np.int32)
+        labels = data.astype(np.int32)
+    else:
+        labels = _whole_numbers(data, source)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{source} is not a label volume: it has negative values (down to {int(labels.min())}; "
+                         "an image such as a CT?); label numbers are 0 (background) or more")
+    return labels
+
+
+def _whole_numbers(data: np.ndarray, source: str) -> np.ndarray:
+    """int32 of float voxels that hold whole numbers (within 1e-3), or ValueError."""
     if not np.all(np.isfinite(data)):
         raise ValueError(f"{source}: holds NaN or infinite values; a label volume holds whole numbers")
     rounded = np.rint(data)
@@ -295,9 +307,113 @@ def labels_from_volume(data, threshold: float | None = None, source: str = "labe
             raise ValueError(f"{source}: holds values between 0 and 1 that are not all 0 or 1 (a probability "
                              "map?), not integer labels; give --labels-threshold T (e.g. 0.5) to take voxels >= T "
                              "as the organ")
-        raise ValueError(f"{source}: holds non-integer values ({lo:g} to {hi:g}), not integer labels; "
-                         "for a score map give --labels-threshold T to take voxels >= T as the organ")
+        raise ValueError(f"{source} is not a label volume: it has non-integer values ({lo:g} to {hi:g}), as an "
+                         "image such as a CT has; give the label file, or for a score map --labels-threshold T "
+                         "to take voxels >= T as the organ")
     return rounded.astype(np.int32)
+
+
+#: How far the labels may put a voxel from where the image puts it, in voxels of the image's
+#: smallest spacing: a tenth of a voxel is far below what moves a label boundary, far above
+#: the float32 rounding of affines in NIfTI headers and DICOM-to-NIfTI conversions.
+GRID_TOLERANCE = 0.1
+
+
+def check_labels_match(labels, image, source: str = "labels") -> None:
+    """Refuse a label :class:`~napari_xaiclip.io.Volume` that is not on ``image``'s voxel grid.
+
+    Both volumes are in display order, so a label file stored in another axis
+    order (LPS beside RAS, say) but covering the same voxels passes.
+
+    Raises
+    ------
+    ValueError
+        Another shape, or voxels placed elsewhere in the patient (another origin,
+        spacing or direction; see :func:`check_same_grid`).
+    """
+    files = (labels.source_affine, image.source_affine)
+    shown = files if all(a is not None for a in files) else (None, None)  # the files' own origins, for the user
+    check_same_grid(labels.affine, labels.shape, image.affine, image.shape, source, shown=shown)
+
+
+def check_same_grid(labels_affine, labels_shape, image_affine, image_shape, source: str = "labels",
+                    shown=(None, None)) -> None:
+    """Refuse labels whose voxel-to-world ``labels_affine`` does not put voxels where ``image_affine`` does.
+
+    The eight corners of the image's grid go through both affines; they must land
+    within :data:`GRID_TOLERANCE` of the image's smallest spacing of each other
+    (a linear map is furthest apart at a corner, so every voxel then is).
+    ``shown``: the affines to describe in the message (the files' own), when not these.
+    """
+    labels_shape, image_shape = tuple(labels_shape)[-3:], tuple(image_shape)[-3:]
+    if labels_shape != image_shape:
+        raise ValueError(f"{source}: labels of shape {labels_shape} do not match the image's {image_shape}; "
+                         "resample the labels onto the image grid (e.g. in 3D Slicer) first")
+    la, ia = np.asarray(labels_affine, float), np.asarray(image_affine, float)
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in image_shape], [1], indexing="ij")).reshape(4, -1)
+    gap = float(np.max(np.linalg.norm((la @ corners - ia @ corners)[:3], axis=0)))
+    spacing = float(np.min(np.linalg.norm(ia[:3, :3], axis=0)))
+    if not gap <= GRID_TOLERANCE * spacing:  # NaN affines fail too
+        lab, img = (la if shown[0] is None else shown[0]), (ia if shown[1] is None else shown[1])
+        raise ValueError(f"{source}: the labels lie on another grid than the image (labels {_grid_text(lab)}; "
+                         f"image {_grid_text(img)}; voxels up to {gap:.3g} mm apart): resample the labels onto "
+                         "the image grid (e.g. in 3D Slicer) first")
+
+
+def _grid_text(affine) -> str:
+    from nibabel.orientations import aff2axcodes
+
+    a = np.asarray(affine, float)
+    origin = ", ".join(f"{v:.4g}" for v in a[:3, 3])
+    spacing = ", ".join(f"{v:.4g}" for v in np.linalg.norm(a[:3, :3], axis=0))
+    return f"origin ({origin}) mm, spacing ({spacing}) mm, axes {''.join(aff2axcodes(a))}"
+
+
+def load_label_volume(path, image, threshold: float | None = None) -> np.ndarray:
+    """int32 labels from a label file, checked to lie on ``image``'s grid (a :class:`~napari_xaiclip.io.Volume`).
+
+    ``threshold``: binarise a score map (see :func:`labels_from_volume`).
+
+    Raises
+    ------
+    ValueError
+        Naming the file: missing, unreadable, on another grid than the image
+        (:func:`check_labels_match`), or not labels (:func:`labels_from_volume`).
+    """
+    from .io import load_volume
+
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such file")
+    lab = load_volume(path)
+    check_labels_match(lab, image, source=str(path))
+    return labels_from_volume(lab.data, threshold, source=str(path))
+
+
+def load_organ_labels(path, image, organ, names: dict, threshold: float | None = None) -> tuple[np.ndarray, int]:
+    """(int32 labels on ``image``'s grid, the organ's value) for ``--labels PATH --organ ORGAN``.
+
+    With ``threshold`` the file is one organ's score map: voxels >= T get the organ's value.
+    The one place the CLI, batch manifests and training check a label file against their image.
+
+    Raises
+    ------
+    ValueError
+        As :func:`load_label_volume`; no organ, label 0 (the background) or an
+        unknown name (:func:`organ_value`); an organ the file does not hold.
+    """
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such file")
+    if organ is None:
+        raise ValueError("--labels needs --organ (a name such as liver, or a label number)")
+    value = organ_value(organ, names)
+    labels = load_label_volume(path, image, threshold)
+    if threshold is not None:
+        labels *= value
+    if not np.any(labels == value):
+        held = (describe_labels(labels, names) if threshold is None
+                else f"no voxel >= --labels-threshold {threshold:g}")
+        raise ValueError(f"organ {organ!r} (label {value}) is not in {path}; it holds: {held}")
+    return labels, value
 
 
 def describe_labels(labels: np.ndarray, names: dict, limit: int = 20) -> str:

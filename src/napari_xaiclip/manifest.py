@@ -3,7 +3,7 @@
 Columns (:data:`MANIFEST_COLUMNS`; only ``volume`` is required): case, volume,
 labels, organ, label_names (a label table file), labels_threshold (binarise a
 probability map), box ("x0 y0 x1 y1"), slices ("N" or "A:B"), axis, prompt, roi,
-methods, modes, model, localizer, seed, params ("rise.n_masks=500;..."),
+methods, modes, model, localizer, seed, params ("rise.n_samples=500;..."),
 preprocess, curves, box_margin, roi_margin, prompt_match. Relative paths resolve against
 the manifest's folder. Errors in the manifest itself raise
 :class:`ManifestError`; problems with one case's data are kept on its row.
@@ -58,8 +58,8 @@ def _resolve(base: Path, text: str) -> str:
 
 def _parse_row(values: dict, base: Path) -> tuple[str | None, Case]:
     """Case from a row's non-empty values; ValueError names the column."""
-    from .cli_explain import parse_params
-    from .explain import METHODS, method_defaults
+    from .explain.registry import parse_params
+    from .explain.registry import check_run, get_method
     from .preprocess import PRESETS
 
     def choice(col, allowed, default):
@@ -110,19 +110,17 @@ def _parse_row(values: dict, base: Path) -> tuple[str | None, Case]:
     if "methods" in values:
         kw["methods"] = _split(values["methods"])
         for m in kw["methods"]:
-            if m not in METHODS:
-                raise ValueError(f"methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
+            try:
+                get_method(m)
+            except ValueError as err:
+                raise ValueError(f"methods: {err}") from None
     if "modes" in values:
         kw["modes"] = expand_modes(_split(values["modes"]))
     if "params" in values:
-        params = parse_params(_split(values["params"]))
-        for m, p in params.items():
-            if m not in METHODS:
-                raise ValueError(f"params: unknown method {m!r} in {values['params']!r}")
-            unknown = sorted(set(p) - set(method_defaults(m)))
-            if unknown:
-                raise ValueError(f"params: unknown parameters for {m}: {unknown}; known: {sorted(method_defaults(m))}")
-        kw["params"] = params
+        try:
+            kw["params"] = check_run(kw.get("methods", ["occlusion"]), parse_params(_split(values["params"])))
+        except ValueError as err:
+            raise ValueError(f"params: {err}") from None
     case_id = values.get("case")
     if case_id is not None and not _CASE_ID.match(case_id):
         raise ValueError(f"case id {case_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,11 +21,13 @@ __all__ = [
     "ROI_FIELDS",
     "COST_FIELDS",
     "SliceResult",
+    "SliceStep",
     "box_from_mask",
     "expand_modes",
     "explain_slice",
     "iter_explain_slice",
     "localize",
+    "with_filler_bank",
 ]
 
 #: Columns of metrics.csv / metrics.json and the metrics dock, in order.
@@ -52,6 +55,36 @@ class SliceResult:
 
     explanation: Explanation
     record: dict = field(default_factory=dict)
+
+
+class SliceStep(NamedTuple):
+    """One step of :func:`iter_explain_slice`: explainer ``job`` of ``n_jobs`` (``method`` in ``mode``)."""
+
+    job: int
+    n_jobs: int
+    method: str
+    mode: str
+    progress: Progress
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} ({self.mode})"
+
+    @property
+    def fraction(self) -> float:
+        """How much of the slice's work is done, in [0, 1]."""
+        return (self.job + self.progress.done / max(self.progress.total, 1)) / self.n_jobs
+
+
+def with_filler_bank(params: dict, volume: np.ndarray, axis: int, index: int, prepare=None) -> dict:
+    """``params`` ({method: {...}}) with the causal method's filler bank taken from the volume's other
+    slices (unless one was given): fillers that look like this scan, not like the explained slice."""
+    from .slicing import filler_slices
+
+    if "causal" not in params or "bank_slices" in params["causal"]:
+        return params
+    return {**params, "causal": {**params["causal"], "bank_slices": filler_slices(volume, axis, index,
+                                                                                    prepare=prepare)}}
 
 
 def expand_modes(modes) -> tuple[str, ...]:
@@ -137,10 +170,10 @@ def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[st
                        score_map: np.ndarray | None = None, seed: int = 0, params: dict | None = None,
                        curves: bool = True, curve_steps: int = 50, batch_size="auto", target: str = "dice",
                        warnings: Sequence[str] = (), on_warning=None, roi_cost: tuple | None = None,
-                       ) -> Generator[tuple[int, int, str, Progress], None, list[SliceResult]]:
+                       ) -> Generator[SliceStep, None, list[SliceResult]]:
     """Explain one slice with several methods and modes.
 
-    Yields ``(job, n_jobs, label, progress)``; returns a list of :class:`SliceResult`.
+    Yields a :class:`SliceStep` per explainer step; returns a list of :class:`SliceResult`.
     ``params`` maps a method name to its keyword parameters; ``target`` is the
     explained target (deletion/insertion always use Dice against the baseline).
     ``warnings`` (known beforehand, e.g. a phantom model on a real scan) and the
@@ -171,7 +204,6 @@ def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[st
         warnings += found
     trivial_curves = _trivial_curves(segmenter, roi, curve_ctx, curve_steps, seed)
     for j, (method, mode) in enumerate(jobs):
-        label = f"{method} ({mode})"
         gen = iter_explain(method, segmenter, slice2d, box=box, roi=roi if mode == "roi" else None, gt=gt,
                            score_map=score_map, seed=seed, batch_size=batch_size, target=target,
                            **params.get(method, {}))
@@ -181,7 +213,7 @@ def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[st
             except StopIteration as stop:
                 ex = stop.value
                 break
-            yield j, len(jobs), label, progress
+            yield SliceStep(j, len(jobs), method, mode, progress)
         metrics = heatmap_metrics(ex.heatmap, ex.baseline_mask, gt)
         if roi is not None and np.any(roi):
             metrics.update(roi_metrics(ex.heatmap, ex.baseline_mask, roi))

@@ -1,17 +1,19 @@
 """Session folders: autosaved ROIs and heatmaps, so a crash or a closed window
 loses at most the last edit.
 
-One folder per source volume (keyed by its path and shape) under
-``$XAICLIP_SESSION_DIR`` or ``~/.local/share/napari-xaiclip/sessions``. Each
-saved layer is one ``.npz`` (the array and its plain-value metadata as JSON),
-written atomically.
+One folder per source volume under ``$XAICLIP_SESSION_DIR`` or
+``~/.local/share/napari-xaiclip/sessions``, keyed by the volume's absolute path,
+shape and a fingerprint of its content (:func:`volume_fingerprint`): per-patient
+folders that all hold ``ct.nii.gz``, or a file replaced by another patient's at the
+same path, never share a session. Each saved layer is one ``.npz`` (the array and
+its plain-value metadata as JSON), written atomically.
 
 Example
 -------
 >>> import numpy as np, tempfile
 >>> from napari_xaiclip.session import SessionStore
 >>> store = SessionStore("scan.nii.gz", (2, 3, 4), root=tempfile.mkdtemp())
->>> store.save("ROI", np.ones((2, 3, 4), np.uint8), {"kind": "labels"})
+>>> path = store.save("ROI", np.ones((2, 3, 4), np.uint8), {"kind": "labels"})
 >>> [(name, arr.shape, meta["kind"]) for name, arr, meta in store.load()]
 [('ROI', (2, 3, 4), 'labels')]
 """
@@ -30,7 +32,12 @@ import numpy as np
 from .io import atomic_write_bytes
 from .utils import to_plain
 
-__all__ = ["SessionStore", "autosave_enabled", "session_root"]
+__all__ = ["SessionStore", "autosave_enabled", "session_root", "source_key", "volume_fingerprint"]
+
+#: Bytes hashed at each end of a source file.
+HASHED_BYTES = 1 << 20
+#: Voxels sampled (evenly) into the fingerprint: catches a change in the middle of an uncompressed file.
+SAMPLED_VOXELS = 1 << 20
 
 
 def session_root() -> Path:
@@ -46,18 +53,66 @@ def autosave_enabled() -> bool:
     return os.environ.get("XAICLIP_AUTOSAVE", "1") not in ("0", "false", "no", "off")
 
 
+def source_key(path) -> str:
+    """A source path as one string whatever the working directory: absolute, links resolved."""
+    try:
+        return str(Path(path).expanduser().resolve())
+    except (OSError, RuntimeError):  # a loop of links, an unreadable parent
+        return os.path.abspath(str(path))
+
+
+def volume_fingerprint(path, data, affine) -> str:
+    """What a volume holds, cheaply: its source's bytes (size, first and last MiB; for a
+    folder such as a DICOM series, every file's name and size), its shape and affine, and
+    an even sample of its voxels. Same path and size alone would not do: a file replaced
+    by another patient's of the same size keeps both."""
+    h = hashlib.sha1()
+    if path is not None:
+        _hash_source(h, Path(path))
+    data = np.asarray(data)
+    h.update(repr(tuple(data.shape)).encode())
+    if affine is not None:
+        h.update(np.round(np.asarray(affine, np.float64), 6).tobytes())
+    flat = data.reshape(-1)
+    h.update(np.ascontiguousarray(flat[:: max(1, flat.size // SAMPLED_VOXELS)]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _hash_source(h, path: Path) -> None:
+    try:
+        if path.is_dir():
+            for f in sorted(p for p in path.iterdir() if p.is_file()):
+                h.update(f"{f.name}|{f.stat().st_size}\n".encode())
+            return
+        size = path.stat().st_size
+        h.update(str(size).encode())
+        with open(path, "rb") as fh:
+            h.update(fh.read(HASHED_BYTES))
+            if size > HASHED_BYTES:
+                fh.seek(max(HASHED_BYTES, size - HASHED_BYTES))
+                h.update(fh.read(HASHED_BYTES))
+    except OSError:
+        h.update(b"unreadable")  # gone since it was read: the voxel sample still tells volumes apart
+
+
 def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:120] or "layer"
 
 
 class SessionStore:
-    """Autosave folder of one source volume."""
+    """Autosave folder of one source volume.
 
-    def __init__(self, source: str, shape, root: str | os.PathLike | None = None):
+    ``fingerprint``: what the volume holds (:func:`volume_fingerprint`); volumes with the
+    same ``source`` and ``shape`` but another fingerprint get another folder.
+    """
+
+    def __init__(self, source: str, shape, root: str | os.PathLike | None = None, fingerprint: str = ""):
         self.source = str(source)
         self.shape = tuple(int(s) for s in shape)
-        key = hashlib.sha1(f"{self.source}|{self.shape}".encode()).hexdigest()[:16]
-        self.folder = Path(root or session_root()) / key
+        self.fingerprint = str(fingerprint)
+        key = hashlib.sha1(f"{self.source}|{self.shape}|{self.fingerprint}".encode()).hexdigest()[:16]
+        self.root = Path(root or session_root())
+        self.folder = self.root / key
 
     def save(self, name: str, array: np.ndarray, meta: dict) -> Path:
         """Write one layer (atomically); returns the file."""
@@ -69,7 +124,7 @@ class SessionStore:
         path = self.folder / f"{_safe_name(name)}.npz"
         atomic_write_bytes(path, buf.getvalue())
         atomic_write_bytes(self.folder / "source.json", json.dumps(
-            {"source": self.source, "shape": list(self.shape)}).encode())
+            {"source": self.source, "shape": list(self.shape), "fingerprint": self.fingerprint}).encode())
         return path
 
     def remove(self, name: str) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 __all__ = [
     "AXIS_NAMES",
     "check_slice",
+    "filler_slices",
     "put_slice",
     "slice_layer_data",
     "slice_position_mm",
@@ -89,3 +90,20 @@ def slice_position_mm(affine: np.ndarray, shape: Sequence[int], axis: int, index
     centre = (np.asarray(shape[-3:], float) - 1) / 2
     centre[axis] = index
     return (np.asarray(affine) @ np.append(centre, 1.0))[:3]
+
+
+def filler_slices(volume: np.ndarray, axis: int, index: int, n: int = 8, prepare=None) -> list[np.ndarray]:
+    """Up to ``n`` other slices of the volume, evenly spaced from first to last, never ``index``.
+
+    They stand in for "what this image looks like elsewhere": the causal method's filler bank and the
+    mean ablation of component analysis. ``prepare`` (e.g. the preprocessing the explained slice went
+    through) is applied to each, so fillers and the explained slice live in the same intensity space.
+
+    >>> vol = np.arange(10)[:, None, None] * np.ones((1, 2, 2))
+    >>> [int(s[0, 0]) for s in filler_slices(vol, 0, 0, n=3)]
+    [3, 6, 9]
+    """
+    size = volume.shape[axis]
+    picks = [int(i) for i in np.unique(np.linspace(0, size - 1, n + 1).round()) if int(i) != index][:n]
+    planes = [np.asarray(take_slice(volume, axis, i)) for i in picks]
+    return [prepare(p) for p in planes] if prepare is not None else planes

@@ -17,50 +17,22 @@ from collections.abc import Generator
 import numpy as np
 
 from .base import Context, Explanation, Progress
+from .registry import MethodSpec, Param, get_method, method_names, methods, register, unregister
 from .targets import TARGETS
 
-__all__ = ["METHODS", "TARGETS", "Context", "Explanation", "Progress", "explain", "iter_explain", "method_defaults"]
+__all__ = ["METHODS", "TARGETS", "Context", "Explanation", "MethodSpec", "Param", "Progress", "explain",
+           "get_method", "iter_explain", "method_defaults", "method_names", "methods", "register", "unregister"]
 
 
-def _methods() -> dict:
-    from .adaptive import adaptive_occlusion
-    from .causal import causal
-    from .gradients import gradcam, integrated_gradients
-    from .lime import lime
-    from .occlusion import occlusion
-    from .rise import rise
-    from .segx import segx
-
-    return {
-        "occlusion": occlusion,
-        "adaptive-occlusion": adaptive_occlusion,
-        "rise": rise,
-        "lime": lime,
-        "ig": integrated_gradients,
-        "gradcam": gradcam,
-        "causal": causal,
-        "segx": segx,
-    }
-
-
-#: Method names accepted by :func:`explain`.
-METHODS = ("occlusion", "adaptive-occlusion", "rise", "lime", "ig", "gradcam", "causal", "segx")
+def __getattr__(name: str):
+    if name == "METHODS":  # read at call time, so methods registered later are listed too
+        return method_names()
+    raise AttributeError(name)
 
 
 def method_defaults(method: str) -> dict:
     """Keyword parameters of a method with their defaults (for GUIs and reports)."""
-    import inspect
-
-    fn = _get(method)
-    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
-            if k != "ctx" and p.default is not inspect.Parameter.empty}
-
-
-def _get(method: str):
-    table = _methods()
-    if method not in table:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(sorted(table))}")
-    return table[method]
+    return get_method(method).defaults()
 
 
 def iter_explain(method: str, segmenter, slice2d: np.ndarray, box=None, points=None, point_labels=None,
@@ -71,7 +43,7 @@ def iter_explain(method: str, segmenter, slice2d: np.ndarray, box=None, points=N
 
     Parameters
     ----------
-    method : one of :data:`METHODS`.
+    method : a registered method (:func:`method_names`).
     segmenter : a :class:`~napari_xaiclip.models.Segmenter` (or a spec for ``load_segmenter``).
     slice2d : (H, W) slice, any real dtype.
     box : (x0, y0, x1, y1) prompt in slice pixels; points/point_labels as (N, 2) x, y.
@@ -81,7 +53,8 @@ def iter_explain(method: str, segmenter, slice2d: np.ndarray, box=None, points=N
     score_map : (H, W) localizer map (for occlusion's ``top_k``).
     batch_size : perturbed inputs per forward, or "auto".
     seed : random masks and samples.
-    params : the method's own parameters (see each method's docstring).
+    params : the method's own parameters (see each method's docstring and its ``SPEC``);
+        deprecated names are accepted with a FutureWarning.
 
     Raises
     ------
@@ -90,15 +63,12 @@ def iter_explain(method: str, segmenter, slice2d: np.ndarray, box=None, points=N
     """
     from ..models import load_segmenter
 
-    fn = _get(method)
-    allowed = method_defaults(method)
-    unknown = set(params) - set(allowed)
-    if unknown:
-        raise ValueError(f"unknown parameters for {method}: {sorted(unknown)}; known: {sorted(allowed)}")
+    spec = get_method(method)
+    params = spec.check(params)
     seg = load_segmenter(segmenter) if isinstance(segmenter, str) else segmenter
     ctx = Context(seg, slice2d, box=box, points=points, point_labels=point_labels, roi=roi, target=target,
                   gt=gt, score_map=score_map, batch_size=batch_size, seed=seed)
-    result = yield from fn(ctx, **params)
+    result = yield from spec.run(ctx, **params)
     result.params = {**result.params, "seed": int(seed), "batch_size": ctx.batch_size,
                      "box": None if ctx.box is None else [float(v) for v in ctx.box]}
     return result

@@ -1,6 +1,6 @@
 """PdCR causal effects of image blocks (docs/methods.md).
 
-The model input is cut into non-overlapping square blocks (``block`` pixels,
+The model input is cut into non-overlapping square blocks (``window`` pixels,
 8 at a 256 px input by default, scaled with the input side). Only blocks
 *outside* the target region (the baseline segmentation) are candidates, and in
 ROI mode only those that also intersect the ROI. A block is intervened on by
@@ -9,9 +9,9 @@ images), and the effect of the intervention is ``delta_k = target_k -
 target_base`` (target: Dice against the baseline mask by default).
 
 Screening keeps the cost down: each candidate is first filled with
-``n_screen`` fillers; a block whose every ``|delta_k| < threshold`` is skipped
-(ATE 0). The others get ``n_fillers`` fillers in all (the screening ones
-reused) and ``ATE = mean_k(target_k - target_base)``; ``|ATE| < threshold``
+``n_screen`` fillers; a block whose every ``|delta_k| < threshold_dice`` is skipped
+(ATE 0). The others get ``n_samples`` fillers in all (the screening ones
+reused) and ``ATE = mean_k(target_k - target_base)``; ``|ATE| < threshold_dice``
 counts as 0. All forwards go through the shared engine in batches.
 
 Sign and units: the heatmap is ``-ATE`` in Dice **percentage points** (x100),
@@ -30,8 +30,9 @@ import torch
 
 from .base import Context, finish
 from .engine import perturb_and_score, window_sums
+from .registry import MethodSpec, Param
 
-__all__ = ["block_grid", "causal", "default_block"]
+__all__ = ["SPEC", "block_grid", "causal", "default_block"]
 
 
 def default_block(size: int) -> int:
@@ -135,18 +136,18 @@ def _block_map(values: np.ndarray, cand: np.ndarray, n_side: int, block: int, si
     return np.repeat(np.repeat(grid, block, 0), block, 1)[:size, :size]
 
 
-def causal(ctx: Context, block: int | None = None, n_fillers: int = 50, n_screen: int = 3,
-           threshold: float = 0.02, filler_bank=None, bank_slices=None):
+def causal(ctx: Context, window: int | None = None, n_samples: int = 50, n_screen: int = 3,
+           threshold_dice: float = 0.02, filler_bank=None, bank_slices=None):
     """PdCR causal ATE of blocks outside the target region (generator; returns an Explanation).
 
     Parameters
     ----------
-    block : block side in model-input pixels. Default: ``round(8 * S / 256)``
+    window : block side in model-input pixels. Default: ``round(8 * S / 256)``
         (8 at 256, 32 at 1024), at least 1.
-    n_fillers : fillers per block that passes screening (screening ones included). Default: 50.
+    n_samples : fillers per block that passes screening (screening ones included). Default: 50.
     n_screen : fillers tried first; a block is skipped when every ``|delta|`` is below
-        ``threshold``. Default: 3.
-    threshold : in target units (Dice, 0..1): screening cut and the ``|ATE|`` below which
+        ``threshold_dice``. Default: 3.
+    threshold_dice : in Dice units (0..1): screening cut and the ``|ATE|`` below which
         a block counts as 0. Default: 0.02.
     filler_bank : tiles come from these images: a list of 2D slices at any resolution
         (preprocessed like the explained slice) or model inputs, (N, C, S, S) or a list
@@ -168,22 +169,19 @@ def causal(ctx: Context, block: int | None = None, n_fillers: int = 50, n_screen
     Raises
     ------
     ValueError
-        block outside [1, S], n_screen outside [1, n_fillers], negative threshold,
-        a bank image of the wrong shape.
+        window outside [1, S], n_screen above n_samples, a bank image of the wrong shape.
     """
     size = ctx.size
-    block = default_block(size) if block is None else int(block)
+    block = default_block(size) if window is None else int(window)
     if not 1 <= block <= size:
-        raise ValueError(f"block must be between 1 and the input size {size}, got {block}")
-    n_fillers, n_screen = int(n_fillers), int(n_screen)
+        raise ValueError(f"window must be between 1 and the input size {size}, got {block}")
+    n_fillers, n_screen = int(n_samples), int(n_screen)
     if not 1 <= n_screen <= n_fillers:
-        raise ValueError(f"need 1 <= n_screen <= n_fillers, got n_screen={n_screen}, n_fillers={n_fillers}")
-    if not threshold >= 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
-    threshold = float(threshold)
+        raise ValueError(f"need 1 <= n_screen <= n_samples, got n_screen={n_screen}, n_samples={n_fillers}")
+    threshold = float(threshold_dice)
     warnings: list[str] = []
     images, forbidden, source = _bank(ctx, filler_bank, bank_slices)
-    params = {"block": block, "n_fillers": n_fillers, "n_screen": n_screen, "threshold": threshold,
+    params = {"window": block, "n_samples": n_fillers, "n_screen": n_screen, "threshold_dice": threshold,
               "filler_bank": None if filler_bank is None else f"{len(images)} images",
               "bank_slices": None if bank_slices is None else len(bank_slices)}
     pool = _tile_pool(ctx, images, forbidden, block, n_fillers, warnings)
@@ -262,3 +260,22 @@ def causal(ctx: Context, block: int | None = None, n_fillers: int = 50, n_screen
     heat = _block_map(support, cand, n_side, block, size)
     yield ctx.progress(total, total, heat, "causal ATE")
     return finish(ctx, "causal", params, heat, n_patch=int(n_c), n_patch_full=int(n_full), info=info)
+
+
+SPEC = MethodSpec(
+    "causal", causal,
+    (Param("window", int, None, "block side in model-input pixels; auto = 8 at a 256 px input", low=1, auto=True,
+           aliases=("block",)),
+     Param("n_samples", int, 50, "fillers per block that passes screening", low=1, high=100_000,
+           aliases=("n_fillers",)),
+     Param("n_screen", int, 3, "fillers tried first; at most n_samples", low=1, high=100_000),
+     Param("threshold_dice", float, 0.02, "Dice change below which a block is skipped or counts as 0", low=0,
+           high=1, aliases=("threshold",)),
+     Param("filler_bank", object, None, "images the filler tiles come from", gui=False),
+     Param("bank_slices", object, None, "more slices for the bank, e.g. the volume's others", gui=False)),
+    summary="PdCR causal effect (-ATE) of blocks outside the segmentation, replaced by tiles of other images.",
+    sign="positive = supports the segmentation (Dice percentage points lost when the block is replaced)",
+    counts="blocks", cost="n_screen forward passes per candidate block, n_samples for those that pass",
+    segx_base=False,
+    segx_refusal="scores only blocks outside the segmentation, so SegX (explanation x mask) would be zero "
+                 "everywhere")

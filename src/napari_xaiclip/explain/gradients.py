@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 
 from .base import Context, finish
+from .registry import MethodSpec, Param
 from .targets import SoftDiceTarget
 
-__all__ = ["gradcam", "integrated_gradients"]
+__all__ = ["SPECS", "gradcam", "integrated_gradients"]
 
 
 def _differentiable_target(ctx: Context):
@@ -50,14 +51,14 @@ def _keep_roi(ctx: Context, heat: torch.Tensor) -> torch.Tensor:
     return heat if ctx.roi_model is None else torch.where(ctx.roi_model, heat, torch.zeros_like(heat))
 
 
-def integrated_gradients(ctx: Context, n_steps: int = 32, nt_samples: int = 8, stdevs: float = 0.1,
+def integrated_gradients(ctx: Context, n_steps: int = 32, n_samples: int = 8, stdevs: float = 0.1,
                          baseline: float = 0.0, internal_batch_size: int | None = None):
     """Integrated gradients, smoothed with NoiseTunnel (generator; returns an Explanation).
 
     Parameters
     ----------
     n_steps : Riemann steps along the path. Default: 32.
-    nt_samples : SmoothGrad noise samples (0 = plain integrated gradients). Default: 8.
+    n_samples : SmoothGrad noise samples (0 = plain integrated gradients). Default: 8.
     stdevs : noise standard deviation in the model's input units. Default: 0.1
         (a tenth of MedSAM's [0, 1] range).
     baseline : integration start value in model input space. Default: 0.
@@ -70,10 +71,9 @@ def integrated_gradients(ctx: Context, n_steps: int = 32, nt_samples: int = 8, s
     """
     from captum.attr import IntegratedGradients
 
-    if n_steps < 2 or nt_samples < 0 or stdevs < 0:
-        raise ValueError(f"need n_steps >= 2, nt_samples >= 0, stdevs >= 0, got {n_steps}, {nt_samples}, {stdevs}")
     tgt = _differentiable_target(ctx)
-    params = {"n_steps": int(n_steps), "nt_samples": int(nt_samples), "stdevs": float(stdevs),
+    nt_samples = int(n_samples)
+    params = {"n_steps": int(n_steps), "n_samples": nt_samples, "stdevs": float(stdevs),
               "baseline": float(baseline)}
     x = ctx.x[None].clone()
     base = torch.full_like(x, float(baseline))
@@ -153,3 +153,26 @@ def _gradcam_layer(net, name: str | None):
     if not convs:
         raise ValueError("Grad-CAM needs a convolutional layer; name one with layer=...")
     return convs[-1]
+
+
+SPEC = MethodSpec(
+    "ig", integrated_gradients,
+    (Param("n_steps", int, 32, "Riemann steps along the path", low=2, high=100_000),
+     Param("n_samples", int, 8, "SmoothGrad noise samples; 0 = plain integrated gradients", low=0, high=100_000,
+           aliases=("nt_samples",)),
+     Param("stdevs", float, 0.1, "noise standard deviation in model input units", low=0),
+     Param("baseline", float, 0.0, "integration start value in model input space"),
+     Param("internal_batch_size", int, None, "Captum's; auto = the run's batch size", low=1, auto=True)),
+    summary="integrated gradients (Captum) smoothed with SmoothGrad noise.",
+    cost="n_steps x max(1, n_samples) forward and backward passes")
+
+GRADCAM_SPEC = MethodSpec(
+    "gradcam", gradcam,
+    (Param("layer", str, None, "module name in the segmenter's network; auto = the image encoder's neck or "
+           "the last convolution", auto=True, gui=False),
+     Param("relu", bool, True, "keep positive evidence only")),
+    summary="Grad-CAM (Captum) on the segmenter's image encoder.",
+    sign="positive = supports the segmentation; with relu (the default) only supporting regions show",
+    cost="one forward and one backward pass")
+
+SPECS = (SPEC, GRADCAM_SPEC)

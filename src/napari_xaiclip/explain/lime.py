@@ -17,8 +17,9 @@ import torch
 
 from .base import Context, finish
 from .engine import fill_values, perturb_and_score
+from .registry import MethodSpec, Param
 
-__all__ = ["lime", "superpixels", "weighted_ridge"]
+__all__ = ["SPEC", "lime", "superpixels", "weighted_ridge"]
 
 ALGORITHMS = ("felzenszwalb", "slic", "quickshift")
 
@@ -128,8 +129,6 @@ def lime(ctx: Context, n_samples: int | str = "auto", algorithm: str = "felzensz
     ``n_patch`` is the number of superpixel features, ``n_patch_full`` the
     number over the whole image, ``rho`` their ratio.
     """
-    if n_samples != "auto" and int(n_samples) < 2:
-        raise ValueError(f"n_samples must be >= 2 or 'auto', got {n_samples}")
     grey = ctx.x.mean(0).cpu().numpy()
     grey = (grey - grey.min()) / max(float(grey.max() - grey.min()), 1e-8)
     roi = None if ctx.roi_model is None else ctx.roi_model.cpu().numpy()
@@ -175,3 +174,22 @@ def _combine(maps, multiscale: bool, roi: np.ndarray | None = None) -> np.ndarra
         n = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
         normed.append(np.where(inside, n, 0.0))
     return np.mean(normed, 0).astype(np.float32)
+
+
+SPEC = MethodSpec(
+    "lime", lime,
+    (Param("n_samples", int, "auto", "random on/off samples per scale; auto = 8 per superpixel, 200..500",
+           low=2, high=1_000_000, auto=True),
+     Param("algorithm", str, "felzenszwalb", "superpixels", choices=ALGORITHMS),
+     Param("scale", float, 100, "Felzenszwalb scale (larger = bigger superpixels)", low=1e-6),
+     Param("sigma", float, 0.5, "superpixel pre-smoothing", low=0),
+     Param("min_size", int, 50, "Felzenszwalb minimum superpixel size in pixels", low=1),
+     Param("n_segments", int, 100, "SLIC superpixel count", low=1, high=100_000),
+     Param("multiscale", bool, False, "average Felzenszwalb at scales 50, 100, 200"),
+     Param("scales", object, (50, 100, 200), "multi-scale Felzenszwalb scales", gui=False),
+     Param("fill", str, "segment-mean", "what replaces a switched-off superpixel",
+           choices=("segment-mean", "zero", "mean", "blur")),
+     Param("kernel_width", float, 0.25, "kernel width on the cosine distance", low=1e-6),
+     Param("alpha", float, 1.0, "ridge penalty", low=0)),
+    summary="LIME: a weighted ridge surrogate over superpixels switched on and off.",
+    counts="superpixels", cost="n_samples forward passes per scale (the first is the unperturbed image)")

@@ -6,7 +6,7 @@ scored, and the attribution ``baseline - score`` of each window is averaged
 over the windows covering a pixel (Captum's convention).
 
 ROI-guided mode evaluates only windows that intersect the ROI (optionally the
-top-k % of those ranked by the localizer's mean score inside the window);
+top ``top_percent`` % of those ranked by the localizer's mean score inside the window);
 pixels covered by no evaluated window get 0, and the map (the model-resolution
 one too) is 0 outside the ROI. ``rho = n_patch / n_patch_full``.
 """
@@ -18,38 +18,46 @@ import torch
 
 from .base import Context, finish
 from .engine import box_masks, fill_values, outer_sum, paint_boxes, perturb_and_score, window_boxes, window_sums
+from .registry import MethodSpec, Param
 
-__all__ = ["occlusion", "occlusion_params", "select_windows", "evaluate_windows"]
+__all__ = ["SPEC", "WINDOW_PARAMS", "occlusion", "occlusion_params", "select_windows", "evaluate_windows"]
 
-
-def occlusion_params(ctx: Context, patch: int | None = None, stride: int | None = None, fill: str = "zero",
-                     top_k: float | None = None) -> dict:
-    """Parameters with defaults filled in: patch = S/16, stride = patch/2, fill zero, no top-k."""
-    patch = int(patch) if patch is not None else max(1, ctx.size // 16)
-    stride = int(stride) if stride is not None else max(1, patch // 2)
-    if not 1 <= patch <= ctx.size:
-        raise ValueError(f"patch must be between 1 and the input size {ctx.size}, got {patch}")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    if top_k is not None and not 0 < float(top_k) <= 100:
-        raise ValueError(f"top_k is a percentage in (0, 100], got {top_k}")
-    return {"patch": patch, "stride": stride, "fill": fill, "top_k": None if top_k is None else float(top_k)}
+#: The sliding-window parameters occlusion and adaptive occlusion share.
+WINDOW_PARAMS = (
+    Param("window", int, None, "window side in model-input pixels; auto = S/16", low=1, auto=True,
+          aliases=("patch",)),
+    Param("stride", int, None, "window step; auto = window/2", low=1, auto=True),
+    Param("fill", str, "zero", "what replaces an occluded window", choices=("zero", "mean", "blur")),
+    Param("top_percent", float, None, "ROI mode: evaluate only this share of the ROI's windows, best localizer "
+          "score first; auto = all", low=1e-9, high=100, auto=True, aliases=("top_k",)),
+)
 
 
-def select_windows(ctx: Context, boxes: np.ndarray, top_k: float | None = None) -> np.ndarray:
+def occlusion_params(ctx: Context, window: int | None = None, stride: int | None = None, fill: str = "zero",
+                     top_percent: float | None = None) -> dict:
+    """Parameters with the automatic ones filled in: window = S/16, stride = window/2."""
+    window = int(window) if window is not None else max(1, ctx.size // 16)
+    stride = int(stride) if stride is not None else max(1, window // 2)
+    if not 1 <= window <= ctx.size:
+        raise ValueError(f"window must be between 1 and the input size {ctx.size}, got {window}")
+    return {"window": window, "stride": stride, "fill": fill,
+            "top_percent": None if top_percent is None else float(top_percent)}
+
+
+def select_windows(ctx: Context, boxes: np.ndarray, top_percent: float | None = None) -> np.ndarray:
     """Indices of the windows to evaluate: all (traditional) or those touching the ROI (guided),
-    then optionally the top-k % of those by mean localizer score."""
+    then optionally the top ``top_percent`` % of those by mean localizer score."""
     if ctx.roi_model is None:
         return np.arange(len(boxes))
     roi = ctx.roi_model.cpu().numpy()
     idx = np.nonzero(window_sums(boxes, roi.astype(np.float64)) > 0)[0]
-    if top_k is not None and ctx.score_map is not None and len(idx):
+    if top_percent is not None and ctx.score_map is not None and len(idx):
         area = (boxes[idx, 1] - boxes[idx, 0]) * (boxes[idx, 3] - boxes[idx, 2])
         mean_score = window_sums(boxes[idx], ctx.score_map.cpu().numpy().astype(np.float64)) / area
-        keep = max(1, int(np.ceil(len(idx) * top_k / 100.0)))
+        keep = max(1, int(np.ceil(len(idx) * top_percent / 100.0)))
         idx = np.sort(idx[np.argsort(-mean_score, kind="stable")[:keep]])
-    elif top_k is not None and ctx.score_map is None:
-        raise ValueError("top_k patch selection needs the localizer's score map (score_map=...)")
+    elif top_percent is not None and ctx.score_map is None:
+        raise ValueError("top_percent window selection needs the localizer's score map (score_map=...)")
     return idx
 
 
@@ -81,26 +89,26 @@ def average(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total)).float()
 
 
-def occlusion(ctx: Context, patch: int | None = None, stride: int | None = None, fill: str = "zero",
-              top_k: float | None = None):
+def occlusion(ctx: Context, window: int | None = None, stride: int | None = None, fill: str = "zero",
+              top_percent: float | None = None):
     """Occlusion sensitivity, traditional or ROI-guided (generator; returns an Explanation).
 
     Parameters
     ----------
-    patch : window side in model-input pixels. Default: S / 16 (64 at 1024, 16 at 256).
-    stride : Default: patch / 2.
+    window : window side in model-input pixels. Default: S / 16 (64 at 1024, 16 at 256).
+    stride : Default: window / 2.
     fill : "zero" (0 in model input space), "mean" or "blur". Default: "zero".
-    top_k : in ROI mode, evaluate only this percentage of ROI windows, ranked by
+    top_percent : in ROI mode, evaluate only this percentage of ROI windows, ranked by
         the localizer's mean score (needs ``score_map``). Default: all.
     """
-    params = occlusion_params(ctx, patch, stride, fill, top_k)
-    boxes_all = window_boxes(ctx.size, params["patch"], params["stride"])
-    idx = select_windows(ctx, boxes_all, params["top_k"])
+    params = occlusion_params(ctx, window, stride, fill, top_percent)
+    boxes_all = window_boxes(ctx.size, params["window"], params["stride"])
+    idx = select_windows(ctx, boxes_all, params["top_percent"])
     boxes = boxes_all[idx]
     total = torch.zeros(ctx.size, ctx.size, dtype=torch.float64, device=ctx.device)
     count = torch.zeros_like(total)
     attributions = np.zeros(len(boxes))
-    fills = fill_values(ctx, params["fill"], blur_sigma=params["patch"] / 4)
+    fills = fill_values(ctx, params["fill"], blur_sigma=params["window"] / 4)
     yield ctx.progress(0, len(boxes), None, "occlusion")
     yield from evaluate_windows(ctx, boxes, fills, total, count, attributions)
     info = {"window_attributions": attributions.round(6).tolist() if len(boxes) <= 64 else None}
@@ -109,3 +117,9 @@ def occlusion(ctx: Context, patch: int | None = None, stride: int | None = None,
         heat = torch.where(ctx.roi_model, heat, torch.zeros_like(heat))
     return finish(ctx, "occlusion", params, heat, n_patch=len(boxes),
                   n_patch_full=len(boxes_all), info=info)
+
+
+SPEC = MethodSpec(
+    "occlusion", occlusion, WINDOW_PARAMS,
+    summary="occlusion sensitivity: the score drop when a sliding window is blanked.",
+    counts="windows", cost="one forward pass per evaluated window, plus the baseline")

@@ -1,7 +1,7 @@
 """RISE (Petsiuk et al. 2018) with segmentation targets, and ROI-constrained RISE.
 
-N random binary grids (``grid`` x ``grid`` cells on with probability ``p1``)
-are upsampled bilinearly to (grid + 1) cells, shifted at random by up to one
+N = ``n_samples`` random binary grids (``cells`` x ``cells``, each cell on with probability
+``p1``) are upsampled bilinearly to (cells + 1) cells, shifted at random by up to one
 cell, cropped to the input and multiplied into it. Saliency is
 ``sum_i f_i M_i / (N p1)``; with ``center=True``, ``sum_i (f_i - mean f) M_i / (N p1)``:
 the same map up to a constant in expectation, without the random mask-coverage
@@ -24,9 +24,10 @@ import torch.nn.functional as F
 
 from .base import Context, finish
 from .engine import perturb_and_score
+from .registry import MethodSpec, Param
 from .targets import RegionProbTarget
 
-__all__ = ["rise", "rise_masks"]
+__all__ = ["SPEC", "rise", "rise_masks"]
 
 
 def rise_masks(n: int, size: int, grid: int = 7, p1: float = 0.5, generator=None, device="cpu") -> torch.Tensor:
@@ -49,22 +50,21 @@ def _normalise(m: torch.Tensor, region: torch.Tensor | None) -> torch.Tensor:
     return out if region is None else torch.where(region, out, torch.zeros_like(out))
 
 
-def rise(ctx: Context, n_masks: int = 2000, grid: int = 7, p1: float = 0.5, normalise: bool = True,
+def rise(ctx: Context, n_samples: int = 2000, cells: int = 7, p1: float = 0.5, normalize: bool = True,
          center: bool = False):
     """RISE saliency (generator; returns an Explanation with maps "fidelity" and "relevance").
 
     Parameters
     ----------
-    n_masks : N random masks. Default: 2000.
-    grid : cells per side of the random grid. Default: 7.
+    n_samples : N random masks. Default: 2000.
+    cells : cells per side of the random grid. Default: 7.
     p1 : probability that a cell is kept. Default: 0.5.
-    normalise : min-max normalise each map (inside the ROI in ROI mode). Default: True.
+    normalize : min-max normalise each map (inside the ROI in ROI mode). Default: True.
     center : subtract the mean score from every score (a control variate). Default: False (the paper's sum).
     """
-    if n_masks < 1 or grid < 1 or not 0 < p1 < 1:
-        raise ValueError(f"need n_masks >= 1, grid >= 1 and 0 < p1 < 1, got {n_masks}, {grid}, {p1}")
-    params = {"n_masks": int(n_masks), "grid": int(grid), "p1": float(p1), "normalise": bool(normalise),
+    params = {"n_samples": int(n_samples), "cells": int(cells), "p1": float(p1), "normalize": bool(normalize),
               "center": bool(center)}
+    n_masks, grid, normalise = params["n_samples"], params["cells"], params["normalize"]
     gen = ctx.generator()
     region = ctx.roi_model
     fidelity_target = ctx.target
@@ -116,3 +116,16 @@ class _Both:
 
     def __call__(self, probs):
         return torch.stack([self.first(probs), self.second(probs)], 1)
+
+
+SPEC = MethodSpec(
+    "rise", rise,
+    (Param("n_samples", int, 2000, "random masks", low=1, high=10_000_000, aliases=("n_masks",)),
+     Param("cells", int, 7, "cells per side of the random grid", low=1, high=256, aliases=("grid",)),
+     Param("p1", float, 0.5, "probability that a cell is kept", low=1e-6, high=1 - 1e-6),
+     Param("normalize", bool, True, "min-max normalise the map (inside the ROI)", aliases=("normalise",)),
+     Param("center", bool, False, "subtract the mean score (a control variate; passes the randomisation "
+           "check)")),
+    summary="RISE: the score-weighted average of random smooth masks.",
+    sign="higher = supports the segmentation; min-max normalised to [0, 1] inside the ROI by default",
+    cost="one forward pass per mask, plus the baseline")

@@ -15,13 +15,22 @@ SegX map (explanation x mask) would be zero everywhere.
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 
 from .base import Context, finish
+from .registry import MethodSpec, Param, get_method, methods
 
-__all__ = ["segu", "segx", "top_percent_mask"]
+__all__ = ["SPEC", "segu", "segx", "segx_bases", "top_percent_mask"]
+
+
+def segx_bases() -> tuple[str, ...]:
+    """The registered explainers SegX can build on."""
+    return tuple(name for name, spec in methods().items() if spec.segx_base)
+
+
+def _why_not_base(name) -> str:
+    spec = methods().get(name)
+    return f"{name} {spec.segx_refusal}" if spec is not None and spec.segx_refusal else ""
 
 
 def segu(heatmap: np.ndarray, region: np.ndarray) -> float:
@@ -79,7 +88,7 @@ def segx(ctx: Context, base: str = "occlusion", base_params: dict | None = None,
 
     Parameters
     ----------
-    base : name of the base explainer (any of ``explain``'s methods but "segx" and "causal"). Default: "occlusion".
+    base : name of the base explainer, one of :func:`segx_bases` (not "segx" or "causal"). Default: "occlusion".
     base_params : the base explainer's own parameters. Default: its defaults.
     top_percent : share of the mask's pixels kept in the display map. Default: 5.0.
 
@@ -93,25 +102,9 @@ def segx(ctx: Context, base: str = "occlusion", base_params: dict | None = None,
     ValueError
         Unknown, recursive or causal base, unknown base parameters, top_percent outside (0, 100].
     """
-    from . import _methods
-
-    table = _methods()
-    if base == "segx" or base not in table:
-        raise ValueError(f"unknown base explainer {base!r} for segx; choose from "
-                         f"{', '.join(sorted(k for k in table if k not in ('segx', 'causal')))}")
-    if base == "causal":
-        raise ValueError("causal cannot be SegX's base: it scores only blocks outside the segmentation, so "
-                         "SegX (explanation x mask) would be zero everywhere; choose occlusion, rise, lime, ig "
-                         "or gradcam")
-    if not 0 < float(top_percent) <= 100:
-        raise ValueError(f"top_percent is a percentage in (0, 100], got {top_percent}")
-    fn = table[base]
-    base_params = dict(base_params or {})
-    known = [k for k in inspect.signature(fn).parameters if k != "ctx"]
-    unknown = set(base_params) - set(known)
-    if unknown:
-        raise ValueError(f"unknown parameters for {base}: {sorted(unknown)}; known: {sorted(known)}")
-    inner = yield from fn(ctx, **base_params)
+    SPEC.param("base").check(base, "segx")
+    spec = get_method(base)
+    inner = yield from spec.run(ctx, **spec.check(base_params))
     base_map = np.nan_to_num(np.asarray(inner.model_heatmap, np.float64))
     expl = base_map
     mask = ctx.base_mask.cpu().numpy()
@@ -129,3 +122,12 @@ def segx(ctx: Context, base: str = "occlusion", base_params: dict | None = None,
     return finish(ctx, "segx", params, seg_map.astype(np.float32), n_patch=inner.n_patch,
                   n_patch_full=inner.n_patch_full, info=info, backward_passes=backward,
                   maps_model={"segx": seg_map, "display": display, "base": base_map})
+
+
+SPEC = MethodSpec(
+    "segx", segx,
+    (Param("base", str, "occlusion", "the explainer SegX builds on", choices=segx_bases, why_not=_why_not_base),
+     Param("base_params", object, None, "the base explainer's own parameters", gui=False),
+     Param("top_percent", float, 5.0, "share of the mask's pixels kept in the display map", low=1e-9, high=100)),
+    summary="SegX: a base explanation restricted to the segmentation, with the SegU uncertainty score.",
+    cost="the base explainer's", segx_base=False, segx_refusal="cannot build on itself")

@@ -26,7 +26,7 @@ import importlib
 from functools import lru_cache
 from pathlib import Path
 
-from .base import Localizer, Prompt, Segmenter, count_gflops, eval_mode, pick_device
+from .base import Localizer, Prompt, Segmenter, check_zip_archive, count_gflops, eval_mode, pick_device
 
 __all__ = [
     "DEFAULT_LOCALIZER",
@@ -136,6 +136,7 @@ def _load_xaiclip_sam(path: Path, device: str, name: str) -> Segmenter:
 
     if not path.is_file():
         raise ValueError(f"segmenter weights {path}: no such file")
+    check_zip_archive(path, "segmenter weights")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -11,6 +11,9 @@ Explainers only use the segmenter methods ``preprocess``, ``encode_prompt``,
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,7 @@ __all__ = [
     "Prompt",
     "PromptResolution",
     "Segmenter",
+    "check_zip_archive",
     "count_gflops",
     "eval_mode",
     "pick_device",
@@ -76,6 +80,66 @@ def count_gflops(fn, *args, **kwargs) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def check_zip_archive(path, what: str) -> None:
+    """Refuse a zip-format PyTorch file (TorchScript, ``torch.save``) with a member that fails its CRC.
+
+    torch reads members by offset without checking their CRC32, so a flipped byte in
+    the weights would otherwise load as silently different weights. Files in the
+    legacy (non-zip) ``torch.save`` format are left to torch.
+    """
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as exc:  # zipfile raises several types for damaged archives
+        raise ValueError(f"{what} {path} is a corrupted zip archive ({type(exc).__name__}: {exc}); "
+                         "copy or download it again") from None
+    if bad is not None:
+        raise ValueError(f"{what} {path} is corrupted: its member {bad!r} fails its CRC check; "
+                         "copy or download it again")
+
+
+#: Per thread, the model input :meth:`Segmenter.preprocess` made last (a weak reference).
+_UNPERTURBED = threading.local()
+
+
+def _is_unperturbed(images) -> bool:
+    """Whether ``images`` is ``x[None]`` for the ``x`` that ``preprocess`` made last in this thread."""
+    ref = getattr(_UNPERTURBED, "ref", None)
+    x = ref() if ref is not None else None
+    return (x is not None and hasattr(images, "data_ptr") and tuple(images.shape) == (1, *x.shape)
+            and images.data_ptr() == x.data_ptr())
+
+
+def _refuse_non_finite(segmenter, out) -> None:
+    import torch
+
+    bad = int((~torch.isfinite(out.detach())).sum())
+    if bad:
+        raise ValueError(f"the segmenter {segmenter.name} returned NaN/Inf for this slice ({bad} of {out.numel()} "
+                         "outputs): its weights or input are broken; check or re-export the model, or choose another")
+
+
+def _checked_logits(logits):
+    """``logits`` that refuses NaN/Inf outputs for the unperturbed slice.
+
+    Explainers hide NaN with ``nan_to_num``, which would turn a broken model into an empty
+    segmentation and a blank heatmap; perturbed inputs are not checked (they are the
+    explainer's business, and checking each batch would cost a device sync).
+    """
+    @functools.wraps(logits)
+    def checked(self, images, *args, **kwargs):
+        out = logits(self, images, *args, **kwargs)
+        if _is_unperturbed(images):
+            _refuse_non_finite(self, out)
+        return out
+
+    return checked
+
+
 @dataclass
 class Prompt:
     """A prompt in model-input pixels, plus whatever the model made of it (embeddings)."""
@@ -112,6 +176,11 @@ class Segmenter:
     uses_box: bool = True
     description: str = ""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "logits" in cls.__dict__:  # every implementation gets the NaN/Inf check
+            cls.logits = _checked_logits(cls.__dict__["logits"])
+
     # --- to implement -------------------------------------------------
     def normalize(self, image: np.ndarray) -> np.ndarray:
         """Model-input-sized 2D image (float32) to (C, S, S) model input values."""
@@ -135,8 +204,9 @@ class Segmenter:
             raise ValueError(f"expected a 2D slice, got shape {slice2d.shape}")
         resized, geometry = to_model_input(np.nan_to_num(slice2d.astype(np.float32)),
                                            self.input_size, keep_aspect=self.keep_aspect)
-        x = self.normalize_resized(resized, geometry)
-        return torch.as_tensor(x, dtype=torch.float32, device=self.device), geometry
+        x = torch.as_tensor(self.normalize_resized(resized, geometry), dtype=torch.float32, device=self.device)
+        _UNPERTURBED.ref = weakref.ref(x)
+        return x, geometry
 
     def normalize_resized(self, resized: np.ndarray, geometry: InputGeometry) -> np.ndarray:
         """Normalise a resized slice; padding (SAM style) stays at the model's zero."""

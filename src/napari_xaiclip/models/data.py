@@ -42,16 +42,16 @@ def phantom_volumes(seeds, modalities=("ct", "mr"), shape=(40, 256, 256)):
 def nifti_volumes(images, labels, modality="ct", names=None):
     """Yield cases from NIfTI image/label file pairs (FLARE22-style numbering by default)."""
     from ..io import load_volume
+    from ..labels import load_label_volume
 
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} image files but {len(labels)} label files")
     for img_path, lab_path in zip(images, labels):
         img = load_volume(img_path)
-        lab = load_volume(lab_path)
-        if img.data.shape != lab.data.shape:
-            raise ValueError(f"{lab_path}: labels of shape {lab.data.shape} do not match "
-                             f"{img_path} of shape {img.data.shape}")
-        yield str(img_path), img.data, np.rint(lab.data).astype(np.uint8), names or ORGAN_NAMES, modality
+        lab = load_label_volume(lab_path, img)
+        if lab.max(initial=0) > 255:
+            raise ValueError(f"{lab_path}: label {int(lab.max())} is above 255, more than training handles")
+        yield str(img_path), img.data, lab.astype(np.uint8), names or ORGAN_NAMES, modality
 
 
 def collect_slices(cases, size: int = 256, min_pixels: int = 1, every: int = 1) -> SliceSet:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Prompt, Segmenter, pick_device
+from .base import Prompt, Segmenter, check_zip_archive, pick_device
 
 __all__ = ["ModuleSegmenter", "load_torchscript"]
 
@@ -110,6 +110,7 @@ def load_torchscript(path: str, device="auto") -> ModuleSegmenter:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"TorchScript model {p}: no such file")
+    check_zip_archive(p, "TorchScript model")
     extra = {"xaiclip.json": ""}
     try:
         with warnings.catch_warnings():  # torch >= 2.9 flags TorchScript as deprecated; users still ship it

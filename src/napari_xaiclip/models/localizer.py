@@ -31,7 +31,7 @@ from torch import nn
 
 from ..io import atomic_write_bytes
 from ..preprocess import from_model_input
-from .base import Localizer, PromptResolution, pick_device
+from .base import Localizer, PromptResolution, check_zip_archive, pick_device
 from .clip import ClipBundle, clip_input, create_clip, patch_tokens, text_module
 
 __all__ = ["PromptLearner", "RegionLocalizerNet", "TrainedLocalizer", "load_trained_localizer",
@@ -262,6 +262,7 @@ def load_trained_localizer(path: str | Path, device="auto", name: str | None = N
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"localizer {path}: no such file")
+    check_zip_archive(path, "localizer")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:

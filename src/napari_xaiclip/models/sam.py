@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Prompt, Segmenter, pick_device
+from .base import Prompt, Segmenter, check_zip_archive, pick_device
 
 __all__ = [
     "SAM_VARIANTS",
@@ -98,6 +98,7 @@ def load_sam_state_dict(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path}: no such file")
+    check_zip_archive(path, "checkpoint")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:

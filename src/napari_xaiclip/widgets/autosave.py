@@ -7,26 +7,53 @@ brings the ROI and heatmaps back with a notification.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 from qtpy.QtCore import QTimer
 
-from ..session import SessionStore, autosave_enabled
-from ._common import ROI_NAME, notify_info
+from ..session import SessionStore, autosave_enabled, source_key, volume_fingerprint
+from ._common import ROI_NAME, notify_info, notify_warning
 
 SAVED_KEYS = ("xaiclip_slice", "xaiclip_records", "xaiclip_run_id", "xaiclip_source", "xaiclip_partial",
               "xaiclip_roi_source")
 
 
 def _source_of(viewer, layer):
-    """The image layer a derived layer belongs to."""
-    name = (layer.metadata or {}).get("xaiclip_source")
-    return viewer.layers[name] if name in viewer.layers else None
+    """The image layer a derived layer belongs to: the one its metadata named when it was added.
+
+    The reference is kept on the layer, so renaming the image later does not lose it.
+    """
+    ref = getattr(layer, "_xaiclip_source_ref", None)
+    source = ref() if ref is not None else None
+    if source is None:
+        name = (layer.metadata or {}).get("xaiclip_source")
+        source = viewer.layers[name] if name in viewer.layers else None
+        if source is not None:
+            layer._xaiclip_source_ref = weakref.ref(source)
+    return source if source is not None and source in viewer.layers else None
+
+
+def _identity(image_layer) -> tuple[str, str]:
+    """(source, fingerprint) of an image layer, computed once: a file replaced on disk while
+    napari runs must not move its session (and, mixing the new bytes with the old voxels,
+    it could never match another volume's)."""
+    cached = getattr(image_layer, "_xaiclip_session_identity", None)
+    if cached is None:
+        geometry = (image_layer.metadata or {}).get("xaiclip_geometry") or {}
+        path = geometry.get("source_path")
+        source = source_key(path) if path else f"layer:{image_layer.name}"
+        affine = geometry.get("affine")
+        if affine is None:
+            affine = [list(image_layer.scale), list(image_layer.translate)]
+        cached = (source, volume_fingerprint(path, image_layer.data, affine))
+        image_layer._xaiclip_session_identity = cached
+    return cached
 
 
 def store_for(image_layer, root=None) -> SessionStore:
-    geometry = (image_layer.metadata or {}).get("xaiclip_geometry") or {}
-    source = geometry.get("source_path") or f"layer:{image_layer.name}"
-    return SessionStore(source, image_layer.data.shape[-3:], root=root)
+    source, fingerprint = _identity(image_layer)
+    return SessionStore(source, image_layer.data.shape[-3:], root=root, fingerprint=fingerprint)
 
 
 def _is_saved_kind(layer) -> bool:
@@ -43,7 +70,8 @@ class AutosaveController:
         self.viewer = viewer
         self.enabled = autosave_enabled() if enabled is None else enabled
         self.root = root
-        self._dirty: set = set()
+        self.on_off = None  # called when autosave turns itself off (the widget unticks its box)
+        self._dirty: dict = {}
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(delay_ms)
@@ -65,6 +93,7 @@ class AutosaveController:
     def _watch(self, layer):
         if layer._type_string not in ("labels", "image"):
             return
+        _source_of(self.viewer, layer)  # remember the source while its name still finds it
         layer.events.data.connect(lambda *_, ly=layer: self.mark(ly))
         if hasattr(layer.events, "paint"):
             layer.events.paint.connect(lambda *_, ly=layer: self.mark(ly))
@@ -73,29 +102,46 @@ class AutosaveController:
         """Schedule ``layer`` for saving (debounced)."""
         if not self.enabled or not _is_saved_kind(layer):
             return
-        self._dirty.add(layer.name)
+        self._dirty[id(layer)] = layer
         self._timer.start()
 
     def flush(self) -> None:
-        """Save every layer marked since the last flush."""
-        names, self._dirty = self._dirty, set()
-        for name in names:
-            if name not in self.viewer.layers:
-                continue
-            layer = self.viewer.layers[name]
-            source = _source_of(self.viewer, layer)
+        """Save every layer marked since the last flush; a session folder that cannot be written
+        turns autosave off with one notification (this runs in Qt's event loop: never raise)."""
+        layers, self._dirty = list(self._dirty.values()), {}
+        for layer in layers:
+            if not self.enabled:
+                return
+            source = _source_of(self.viewer, layer) if layer in self.viewer.layers else None
             if source is None:
                 continue
             meta = {k: v for k, v in (layer.metadata or {}).items() if k in SAVED_KEYS}
             meta["kind"] = layer._type_string
-            self.saved_files.append(store_for(source, self.root).save(name, np.asarray(layer.data), meta))
+            store = store_for(source, self.root)
+            try:
+                self.saved_files.append(store.save(layer.name, np.asarray(layer.data), meta))
+            except OSError as exc:
+                self._turn_off(store.root, exc)
+
+    def _turn_off(self, folder, exc: OSError) -> None:
+        self.enabled = False
+        reason = exc.strerror or str(exc)
+        notify_warning(f"autosave is off: cannot write {folder}: {reason}")
+        if self.on_off is not None:
+            self.on_off()
 
     def restore(self, image_layer) -> list[str]:
         """Add the autosaved ROI and heatmaps of ``image_layer``'s volume; returns the layer names added."""
         from ._common import geometry_kwargs, slice_layer_kwargs, source_metadata
 
         added = []
-        for name, data, meta in store_for(image_layer, self.root).load():
+        store = store_for(image_layer, self.root)
+        try:
+            saved = store.load()
+        except OSError as exc:
+            self._turn_off(store.root, exc)
+            return added
+        for name, data, meta in saved:
             if name in self.viewer.layers or tuple(meta.get("shape", ())) != tuple(image_layer.data.shape[-3:]):
                 continue
             where = meta.get("xaiclip_slice")

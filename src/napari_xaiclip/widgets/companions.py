@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..slicing import slice_layer_data, take_slice
+from ..slicing import filler_slices, slice_layer_data, take_slice
 from ._common import (
     LayerChoice,
     RunPanel,
@@ -167,9 +167,7 @@ class CompanionsWidget(QWidget):
             return
         plane = np.asarray(take_slice(volume, axis, index))
         mode = self.ablation.currentText()
-        n = volume.shape[axis]
-        fillers = [np.asarray(take_slice(volume, axis, int(i))) for i in np.linspace(0, n - 1, 9).round()
-                   if int(i) != index][:8] if mode == "mean" else None
+        fillers = filler_slices(volume, axis, index) if mode == "mean" else None
 
         phantom = layer_is_phantom(layer)
 

@@ -49,7 +49,6 @@ from .params import ParamForm
 if TYPE_CHECKING:
     import napari
 
-GUI_METHODS = ["occlusion", "adaptive-occlusion", "rise", "lime", "ig", "gradcam", "causal", "segx"]
 MODES = {"ROI-guided and traditional": ("traditional", "roi"), "ROI-guided": ("roi",),
          "traditional (whole image)": ("traditional",)}
 TARGETS = {"Dice vs baseline mask": "dice", "soft Dice": "soft-dice", "mean probability in ROI": "roi-prob",
@@ -75,11 +74,9 @@ class ExplainerWidget(QWidget):
         self.viewer = napari_viewer
         self.image = LayerChoice(napari_viewer, ("image",))
         self.method = QComboBox()
-        from ..explain import _methods
+        from ..explain.registry import methods
 
-        for m in GUI_METHODS:
-            if m in _methods():
-                self.method.addItem(m)
+        self.method.addItems([name for name, spec in methods().items() if spec.gui])
         self.params = ParamForm()
         self.mode = QComboBox()
         self.mode.addItems(list(MODES))
@@ -172,12 +169,7 @@ class ExplainerWidget(QWidget):
                          "roi": roi if "roi" in modes else None, "gt": gt, "score": self._score_map(axis, index)})
         method = self.method.currentText()
         params = {k: v for k, v in self.params.values().items() if v is not None}
-        if method == "causal":  # fillers come from other slices of the same volume
-            n = volume.shape[axis]
-            picks = np.unique(np.linspace(0, n - 1, 9).round().astype(int))
-            params["bank_slices"] = [np.array(take_slice(volume, axis, int(i))) for i in picks
-                                     if int(i) not in indices][:8]
-        return {"layer": layer, "axis": axis, "indices": indices, "modes": modes, "target": target,
+        return {"volume": volume, "layer": layer, "axis": axis, "indices": indices, "modes": modes, "target": target,
                 "method": method, "params": params, "jobs": jobs, "spec": self.model.spec(),
                 "is_phantom": layer_is_phantom(layer),
                 "device": self.model.device_name(), "batch": self.batch.value() or "auto",
@@ -286,7 +278,7 @@ class ExplainerWidget(QWidget):
 def _make_worker(job):
     """The generator run in the worker: every slice x mode through the shared pipeline."""
     from ..models import load_segmenter
-    from ..pipeline import iter_explain_slice
+    from ..pipeline import iter_explain_slice, with_filler_bank
     from ..provenance import model_provenance
 
     def work():
@@ -298,21 +290,21 @@ def _make_worker(job):
         n = len(job["jobs"])
         for k, item in enumerate(job["jobs"]):
             found: list[str] = []  # the ROI-overlap warning, from this (worker) thread
+            params = with_filler_bank({job["method"]: job["params"]}, job["volume"], job["axis"], item["index"])
             gen = iter_explain_slice(seg, item["plane"], item["box"], [job["method"]], job["modes"],
                                      roi=item["roi"], gt=item["gt"], score_map=item["score"], seed=job["seed"],
-                                     params={job["method"]: job["params"]}, curves=job["curves"],
+                                     params=params, curves=job["curves"],
                                      batch_size=job["batch"], target=job["target"], warnings=list(map(str, warnings)),
                                      on_warning=found.append)
             while True:
                 try:
-                    j, n_jobs, label, p = next(gen)
+                    step = next(gen)
                 except StopIteration as stop:
                     results = stop.value
                     break
                 yield from _drain(found, item["index"])  # shown before the explainers' results
-                frac = (k * n_jobs + j + (p.done / max(p.total, 1))) / (n * n_jobs)
-                mode = job["modes"][j % len(job["modes"])]
-                yield int(frac * 1000), 1000, (k, mode, p.slice_heatmap())
+                frac = (k + step.fraction) / n
+                yield int(frac * 1000), 1000, (k, step.mode, step.progress.slice_heatmap())
             yield from _drain(found, item["index"])
             out += [(k, item["index"], r) for r in results]
         return out, model_provenance(seg)

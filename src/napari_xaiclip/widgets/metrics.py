@@ -101,6 +101,7 @@ class MetricsWidget(QWidget):
         self.autosave_box = QCheckBox("Autosave ROI and heatmaps to the session folder")
         self.autosave_box.setChecked(self.autosave.enabled)
         self.autosave_box.toggled.connect(self._toggle_autosave)
+        self.autosave.on_off = lambda: self.autosave_box.setChecked(False)
         self.export_csv = QPushButton("Export CSV…")
         self.save_all = QPushButton("Save all…")
         self.save_all.setToolTip("Heatmaps, ROI and segmentation as NIfTI in the scan's geometry, metrics and figures")

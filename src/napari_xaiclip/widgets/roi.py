@@ -429,7 +429,7 @@ class RoiWidget(QWidget):
                 box = self._box(layer, axis, i, allow_roi=False) if in_box else None
                 return roi_from_threshold(take_slice(volume, axis, i), value, box, above), None
             return _nothing_to_prepare, make
-        data, value = self._labels_source(volume)
+        data, value = self._labels_source(layer)
         return _nothing_to_prepare, lambda i: (roi_from_labels(take_slice(data, axis, i), value), None)
 
     def _prompt_maker(self, layer, volume, axis):
@@ -476,19 +476,21 @@ class RoiWidget(QWidget):
             return state["seg"].segment(take_slice(volume, axis, i), box=box) > 0.5, None
         return prepare, make
 
-    def _labels_source(self, volume):
+    def _labels_source(self, image_layer):
+        from ..labels import check_same_grid, organ_value
+
         labels = self.labels.layer()
         if labels is None:
             raise ValueError("no labels layer: open a label volume or the phantom sample")
-        if tuple(labels.data.shape[-3:]) != volume.shape:
-            raise ValueError(f"labels layer {labels.name!r} {labels.data.shape} does not match "
-                             f"the image {volume.shape}")
+        (lab_affine, img_affine), shown = _comparable_affines(labels, image_layer)
+        check_same_grid(lab_affine, labels.data.shape, img_affine, image_layer.data.shape,
+                        f"labels layer {labels.name!r}", shown=shown)
         value = self.label_value.currentData()
         if value is None:
             text = self.label_value.currentText().split(" ")[0]
-            if not text.isdigit():
+            if not text.lstrip("+-").isdigit():
                 raise ValueError("choose a label value")
-            value = int(text)
+            value = organ_value(text, {})  # refuses 0, the background
         return np.asarray(labels.data), value
 
     def _box(self, layer, axis, index, allow_roi=True):
@@ -527,6 +529,25 @@ class RoiWidget(QWidget):
         px, mm2 = roi_area(roi, spacing)
         x0, y0, x1, y1 = roi_bbox(roi)
         self.info.setText(f"slice {index}: {px} px = {mm2:.0f} mm² · bounding box x {x0}–{x1}, y {y0}–{y1}")
+
+
+def _comparable_affines(labels_layer, image_layer):
+    """((labels, image) voxel-to-world affines, the same pair to describe) of two layers.
+
+    Patient (RAS) affines when this plugin read both; otherwise napari's own transforms,
+    which are what the user sees overlaid (a labels layer made in napari has no RAS geometry).
+    """
+    from ..layer_geometry import transform_matrix
+
+    pair = (labels_layer, image_layer)
+    geometries = [(ly.metadata or {}).get("xaiclip_geometry") or {} for ly in pair]
+    if all(g.get("affine") is not None for g in geometries):
+        files = [g.get("source_affine") for g in geometries]
+        shown = tuple(files) if all(f is not None for f in files) else (None, None)
+        return tuple(np.asarray(g["affine"], float) for g in geometries), shown
+    mats = tuple(transform_matrix(ly.scale, ly.translate, ly.rotate, ly.shear, ly.affine.affine_matrix)
+                 for ly in pair)
+    return mats, (None, None)
 
 
 def _nothing_to_prepare(n):

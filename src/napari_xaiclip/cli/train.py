@@ -1,52 +1,15 @@
-"""The ``xaiclip`` command.
-
-Errors in the input print one ``error:`` line on stderr and exit with status 2
-(a traceback only with ``--debug``); no partial output files are left behind.
-"""
+"""``xaiclip train-segmenter`` and ``xaiclip train-localizer``: the demo models."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+from ._errors import UsageError
+
+__all__ = ["add_localizer", "add_segmenter", "parse_classes"]
 
 
-class UsageError(ValueError):
-    """Bad input from the command line (exit status 2)."""
-
-
-def _add_gui(sub):
-    p = sub.add_parser("gui", help="napari with the plugin's widgets docked")
-    p.add_argument("volume", nargs="?", help="NIfTI volume to open (default: the CT phantom)")
-    p.add_argument("--labels", help="NIfTI label volume to open with it")
-    p.add_argument("--mr", action="store_true", help="open the MR phantom instead of the CT one")
-    p.set_defaults(func=cmd_gui)
-
-
-def _add_demo(sub):
-    p = sub.add_parser("demo", help="the main job headless, on the phantom with the phantom-trained demo models")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--slice", type=int, default=None, help="axial slice (default: where the liver is largest)")
-    p.add_argument("--fast", action="store_true", help="fewer RISE masks and LIME samples (a quick look)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="phantom",
-                   help="segmenter: phantom (tiny demo SAM, fast; the default here) or default/litemedsam "
-                        "(LiteMedSAM, real, about 2 s per forward on a CPU)")
-    p.set_defaults(func=cmd_demo)
-
-
-def _add_models(sub):
-    p = sub.add_parser("models", help="list the models available offline")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--card", action="store_true", help="print the shipped models' model card (markdown)")
-    p.set_defaults(func=cmd_models)
-
-
-def _add_train_segmenter(sub):
+def add_segmenter(sub):
     p = sub.add_parser("train-segmenter", help="train the tiny SAM demo segmenter")
     p.add_argument("--out", required=True, help="weights file to write (.pt)")
     p.add_argument("--images", nargs="*", help="NIfTI images (default: phantom seeds)")
@@ -63,7 +26,7 @@ def _add_train_segmenter(sub):
     p.set_defaults(func=cmd_train_segmenter)
 
 
-def _add_train_localizer(sub):
+def add_localizer(sub):
     p = sub.add_parser("train-localizer", help="train the CLIP region localizer")
     p.add_argument("--out", required=True, help="localizer file to write (.pt)")
     p.add_argument("--images", nargs="*", help="NIfTI images (default: phantom seeds)")
@@ -85,60 +48,6 @@ def _add_train_localizer(sub):
     p.set_defaults(func=cmd_train_localizer)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xaiclip", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_gui, _add_demo, _add_models, _add_train_segmenter, _add_train_localizer):
-        add(sub)
-    for extra in _extra_commands():
-        extra(sub)
-    return parser
-
-
-def _extra_commands():
-    """Subcommands defined in other modules (explain, batch, components)."""
-    from . import cli_components, cli_explain
-
-    return cli_explain.COMMANDS + cli_components.COMMANDS
-
-
-# --- commands -----------------------------------------------------------
-def cmd_gui(args) -> int:
-    from .gui import launch
-
-    launch(volume=args.volume, labels=args.labels, modality="mr" if args.mr else "ct", block=True)
-    return 0
-
-
-def cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    run_demo(Path(args.out), slice_index=args.slice, fast=args.fast, seed=args.seed, model=args.model)
-    return 0
-
-
-def cmd_models(args) -> int:
-    from .models import DEFAULT_LOCALIZER, PHANTOM_SEGMENTER, list_models
-
-    if args.card:
-        from .models.card import read_card, render_model_card
-
-        print(render_model_card(read_card(PHANTOM_SEGMENTER), read_card(DEFAULT_LOCALIZER)))
-        return 0
-    rows = list_models()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for row in rows:
-        print(f"{row['kind']:<10} {row['spec']}")
-        for key in ("description", "trained_on", "licence", "weights", "input_size", "parameters", "gflops",
-                    "classes", "error"):
-            if key in row:
-                print(f"{'':<10}   {key}: {row[key]}")
-    return 0
-
-
 def _pairs(args):
     images, labels = args.images or [], args.labels or []
     if not images and not labels:
@@ -148,7 +57,7 @@ def _pairs(args):
     for p in [*images, *labels]:
         if not Path(p).is_file():
             raise UsageError(f"{p}: no such file")
-    from .models.data import nifti_volumes
+    from ..models.data import nifti_volumes
 
     return nifti_volumes(images, labels, modality=args.modality)
 
@@ -163,7 +72,7 @@ def _check_out(path: str, suffixes=(".pt", ".pth")) -> Path:
 
 
 def cmd_train_segmenter(args) -> int:
-    from .models.train_segmenter import train_segmenter
+    from ..models.train_segmenter import train_segmenter
 
     out = _check_out(args.out)
     cases = _pairs(args)
@@ -178,7 +87,7 @@ def cmd_train_segmenter(args) -> int:
 
 def _seed_range(text: str) -> tuple[int, ...]:
     """"100:116" -> (100, ..., 115); "7" -> (7,)."""
-    from .jobs import parse_slices
+    from ..jobs import parse_slices
 
     try:
         return tuple(parse_slices(text))
@@ -188,7 +97,7 @@ def _seed_range(text: str) -> tuple[int, ...]:
 
 def parse_classes(text: str | None):
     """``"liver,spleen"`` or ``"1:liver,3:spleen"`` -> (names, name -> label value)."""
-    from .phantom import ORGAN_NAMES
+    from ..phantom import ORGAN_NAMES
 
     if not text:
         return None, None
@@ -212,7 +121,7 @@ def parse_classes(text: str | None):
 
 
 def cmd_train_localizer(args) -> int:
-    from .models.train_localizer import train_localizer
+    from ..models.train_localizer import train_localizer
 
     out = _check_out(args.out)
     classes, label_of = parse_classes(args.classes)
@@ -223,25 +132,3 @@ def cmd_train_localizer(args) -> int:
                     seeds=_seed_range(args.seeds), eval_seeds=_seed_range(args.eval_seeds))
     print(f"wrote {out}")
     return 0
-
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    t0 = time.time()
-    try:
-        return int(args.func(args) or 0)
-    except (UsageError, ValueError, FileNotFoundError) as exc:
-        if args.debug:
-            raise
-        # the contract is one line: join a multi-line message rather than cut it
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"error: interrupted after {time.time() - t0:.0f} s", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

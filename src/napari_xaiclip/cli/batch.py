@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["COMMANDS"]
+__all__ = ["add", "cmd_batch"]
 
 
-def _add_batch(sub):
+def add(sub):
     p = sub.add_parser(
         "batch", help="explain a cohort from a CSV manifest on a local or remote Dask cluster",
         description="One explanation job per manifest row, run as Dask tasks. Finished cases are skipped "
@@ -28,7 +28,7 @@ def _add_batch(sub):
 
 
 def cmd_batch(args) -> int:
-    from .batch import run_batch
+    from ..batch import run_batch
 
     if args.retries < 0:
         raise ValueError(f"--retries must be 0 or more, got {args.retries}")
@@ -36,5 +36,3 @@ def cmd_batch(args) -> int:
                         retries=args.retries, progress=not args.no_progress, torch_threads=args.torch_threads)
     return 1 if summary["failed"] else 0
 
-
-COMMANDS = [_add_batch]

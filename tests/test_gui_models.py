@@ -61,7 +61,7 @@ def _wait(qtbot, panel, timeout=180):
 
 
 def _set_roi(viewer, image, mask, index):
-    from napari_xaiclip.widgets._common import roi_layer
+    from napari_xaiclip.widgets.layers import roi_layer
 
     roi = roi_layer(viewer, image)
     roi.data[index] = mask.astype(np.uint8)
@@ -129,7 +129,7 @@ def test_choosers_follow_the_image_until_the_user_picks(make_napari_viewer):
 
 def test_gui_and_sample_data_use_the_phantom_models_and_say_so(make_napari_viewer, notifications):
     from napari_xaiclip import gui
-    from napari_xaiclip.widgets._common import layer_is_phantom
+    from napari_xaiclip.widgets.notify import layer_is_phantom
 
     viewer = make_napari_viewer()
     image, _ = viewer.open_sample("napari-xaiclip", "ct_phantom")

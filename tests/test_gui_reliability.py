@@ -42,7 +42,7 @@ PROBE_RUNS = {
 @pytest.fixture
 def scene(make_napari_viewer):
     from napari_xaiclip.widgets import ExplainerWidget, MetricsWidget, SlicePickerWidget
-    from napari_xaiclip.widgets._common import roi_layer
+    from napari_xaiclip.widgets.layers import roi_layer
 
     viewer = make_napari_viewer()
     vol, labels, _ = make_phantom(shape=(8, 256, 256), seed=5)
@@ -126,7 +126,7 @@ def test_closing_napari_during_a_run_stops_the_worker(make_napari_viewer, qtbot)
     from superqt.utils._qthreading import WorkerBase
 
     from napari_xaiclip.widgets import ExplainerWidget
-    from napari_xaiclip.widgets._common import roi_layer
+    from napari_xaiclip.widgets.layers import roi_layer
 
     viewer = make_napari_viewer()
     vol, labels, _ = make_phantom(shape=(4, 256, 256), seed=5)
@@ -173,7 +173,7 @@ def test_event_loop_probe_for_every_method(scene, qtbot, method):
 
 def test_cancel_after_the_run_returned_keeps_its_result(qtbot):
     """Cancel pressed while a finished run's result is being shown: nothing to stop, status stays done."""
-    from napari_xaiclip.widgets._common import RunPanel
+    from napari_xaiclip.widgets.run_panel import RunPanel
 
     panel = RunPanel()
     qtbot.addWidget(panel)

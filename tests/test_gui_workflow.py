@@ -119,7 +119,7 @@ def test_prompt_roi_segmentation_and_roi_guided_occlusion(scene, qtbot, tmp_path
 
 
 def _prepare_roi(viewer, image, labels, index):
-    from napari_xaiclip.widgets._common import roi_layer
+    from napari_xaiclip.widgets.layers import roi_layer
 
     roi = roi_layer(viewer, image)
     roi.data[index] = (labels[index] == 1).astype(np.uint8)

@@ -37,7 +37,7 @@ def _open(make_napari_viewer, path, name="CT"):
 
 
 def _draw_and_save(qtbot, viewer, image, metrics) -> np.ndarray:
-    from napari_xaiclip.widgets._common import roi_layer
+    from napari_xaiclip.widgets.layers import roi_layer
 
     roi = roi_layer(viewer, image)
     roi.data[2, 3:9, 4:12] = 1  # a brush stroke
@@ -63,7 +63,7 @@ def test_same_file_name_in_two_patient_folders(make_napari_viewer, qtbot, tmp_pa
 
     monkeypatch.chdir(tmp_path / "patient_a")  # patient A again: the ROI comes back
     viewer_a, image_a, metrics_a = _open(make_napari_viewer, "ct.nii")
-    assert metrics_a.autosave.restore(image_a) == ["ROI"]
+    assert "ROI" in viewer_a.layers  # brought back when the scan was opened
     np.testing.assert_array_equal(viewer_a.layers["ROI"].data, drawn)
 
 
@@ -95,13 +95,13 @@ def test_renamed_image_layer_keeps_autosave_working(make_napari_viewer, qtbot, t
     viewer.close()
 
     viewer2, image2, metrics2 = _open(make_napari_viewer, path)
-    assert metrics2.autosave.restore(image2) == ["ROI"]
+    assert "ROI" in viewer2.layers
     np.testing.assert_array_equal(viewer2.layers["ROI"].data, edited)
 
 
 def test_unwritable_session_folder_turns_autosave_off_once(make_napari_viewer, qtbot, tmp_path, monkeypatch,
                                                             notifications):
-    from napari_xaiclip.widgets._common import roi_layer
+    from napari_xaiclip.widgets.layers import roi_layer
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the session folder should be")
@@ -120,3 +120,21 @@ def test_unwritable_session_folder_turns_autosave_off_once(make_napari_viewer, q
     assert said == [f"autosave is off: cannot write {blocker}: Not a directory"], notifications
     assert not metrics.autosave.enabled and not metrics.autosave_box.isChecked()
     assert metrics.autosave.saved_files == []
+
+
+def test_a_session_comes_back_when_the_plugin_was_opened_first(make_napari_viewer, qtbot, tmp_path):
+    """napari's Plugins menu: the dock exists before the scan is opened; the session still returns."""
+    from napari_xaiclip.widgets import MetricsWidget
+
+    path = _write_ct(tmp_path / "ct.nii", seed=1)
+    viewer, image, metrics = _open(make_napari_viewer, path)
+    drawn = _draw_and_save(qtbot, viewer, image, metrics)
+    viewer.close()
+
+    viewer2 = make_napari_viewer()
+    metrics2 = MetricsWidget(viewer2)  # docked from the Plugins menu, no scan yet
+    vol = load_volume(path)
+    viewer2.add_image(vol.data, name="CT", **layer_geometry(vol))  # then File > Open
+    assert "ROI" in viewer2.layers
+    np.testing.assert_array_equal(viewer2.layers["ROI"].data, drawn)
+    assert metrics2.autosave.enabled

@@ -147,7 +147,7 @@ def _say_which_models(layer) -> None:
     from napari.utils.notifications import show_info
 
     from .widgets._cards import PHANTOM_NOTE
-    from .widgets._common import layer_is_phantom
+    from .widgets.notify import layer_is_phantom
 
     if layer is not None and layer_is_phantom(layer):
         show_info(PHANTOM_NOTE)
@@ -166,10 +166,8 @@ def launch(volume: str | None = None, labels: str | None = None, modality: str =
     viewer = viewer or napari.Viewer(title="napari-xaiclip")
     layer = open_volume(viewer, volume, labels, modality)
     widgets = dock_widgets(viewer)
-    if layer is not None:
+    if layer is not None:  # the Metrics dock's autosave brings back this scan's saved session
         viewer.layers.selection.active = layer
-        if "Metrics" in widgets:
-            widgets["Metrics"].autosave.restore(layer)
     picker = widgets.get("Slice picker")
     if picker is not None and layer is not None:
         picker.layer_choice.set_layer(layer.name)

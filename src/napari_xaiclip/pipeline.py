@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .explain import Explanation, Progress, iter_explain
+from .explain.base import run_to_end
 from .metrics import deletion_insertion, heatmap_metrics, roi_metrics, trivial_metrics
 from .roi import clean_roi, roi_bbox, roi_from_map
 
@@ -43,8 +44,6 @@ ROI_FIELDS = ["dice_in_roi", "trivial_dice_in_roi", "pointing_in_roi", "trivial_
 #: End-to-end cost: ROI-guided runs also paid for their ROI (the localizer's or segmenter's forward);
 #: ``total_*`` = the explanation's cost plus, in ROI mode, the ROI's.
 COST_FIELDS = ["roi_seconds", "roi_gflops", "total_seconds", "total_gflops"]
-#: Extra columns some methods add (SegX's uncertainty).
-EXTRA_FIELDS = ["segu"]
 
 MODES = ("traditional", "roi")
 
@@ -227,9 +226,4 @@ def iter_explain_slice(segmenter, slice2d: np.ndarray, box, methods: Sequence[st
 
 def explain_slice(*args, **kwargs) -> list[SliceResult]:
     """:func:`iter_explain_slice` run to the end."""
-    gen = iter_explain_slice(*args, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(iter_explain_slice(*args, **kwargs))

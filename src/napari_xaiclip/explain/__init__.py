@@ -16,7 +16,7 @@ from collections.abc import Generator
 
 import numpy as np
 
-from .base import Context, Explanation, Progress
+from .base import Context, Explanation, Progress, run_to_end
 from .registry import MethodSpec, Param, get_method, method_names, methods, register, unregister
 from .targets import TARGETS
 
@@ -76,9 +76,4 @@ def iter_explain(method: str, segmenter, slice2d: np.ndarray, box=None, points=N
 
 def explain(method: str, segmenter, slice2d: np.ndarray, **kwargs) -> Explanation:
     """Run an explainer to the end and return its :class:`Explanation` (see :func:`iter_explain`)."""
-    gen = iter_explain(method, segmenter, slice2d, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(iter_explain(method, segmenter, slice2d, **kwargs))

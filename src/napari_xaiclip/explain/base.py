@@ -7,10 +7,8 @@ and mapped back to the slice's (H, W) at the end.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -20,7 +18,7 @@ from ..roi import roi_to_model
 from ..utils import to_plain
 from .targets import Target, make_target
 
-__all__ = ["Context", "Explanation", "Progress", "auto_batch_size", "build_context"]
+__all__ = ["Context", "Explanation", "Progress", "auto_batch_size", "run_to_end"]
 
 
 @dataclass
@@ -41,9 +39,6 @@ class Progress:
         if self.heatmap is None or self.geometry is None:
             return self.heatmap
         return from_model_input(self.heatmap, self.geometry)
-
-    def __iter__(self):  # (done, total, self) for RunPanel-style consumers
-        return iter((self.done, self.total, self))
 
 
 @dataclass
@@ -239,10 +234,6 @@ def _check_roi(roi, shape):
     return r
 
 
-def build_context(segmenter, slice2d, **kwargs) -> Context:
-    return Context(segmenter, slice2d, **kwargs)
-
-
 def finish(ctx: Context, method: str, params: dict, heatmap_model: torch.Tensor | np.ndarray,
            n_patch=None, n_patch_full=None, maps_model: dict | None = None,
            info: dict | None = None, backward_passes: int = 0, target_name: str | None = None) -> Explanation:
@@ -273,14 +264,11 @@ def finish(ctx: Context, method: str, params: dict, heatmap_model: torch.Tensor 
     )
 
 
-def batches(n: int, size: int):
-    """(start, stop) index ranges of ``n`` items in batches of ``size``."""
-    for i in range(0, n, size):
-        yield i, min(n, i + size)
-
-
-def n_batches(n: int, size: int) -> int:
-    return math.ceil(n / size)
-
-
-ProgressFn = Callable[[int, int], Any]
+def run_to_end(gen):
+    """Drive a generator of :class:`Progress` to its end and return its value (the one-call form
+    of every ``iter_*`` function; stopping early is how the GUI cancels)."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

@@ -26,7 +26,9 @@ import io
 
 import numpy as np
 
-__all__ = ["ablate", "component_effects", "component_kind", "component_names", "component_table",
+from .base import Progress, run_to_end
+
+__all__ = ["ablate", "component_effects", "iter_component_effects", "component_kind", "component_names", "component_table",
            "save_component_chart"]
 
 def _sam(segmenter):
@@ -134,9 +136,11 @@ def _batch_mean(out, n: int):
     return _map(out, one)
 
 
-def component_effects(segmenter, slice2d: np.ndarray, box=None, mode: str = "zero", filler_slices=None,
-                      components=None, target: str = "dice", gt: np.ndarray | None = None) -> list[dict]:
-    """ATE of ablating each component, one forward per component.
+def iter_component_effects(segmenter, slice2d: np.ndarray, box=None, mode: str = "zero", filler_slices=None,
+                           components=None, target: str = "dice", gt: np.ndarray | None = None):
+    """ATE of ablating each component, one forward per component (generator of Progress; returns the records).
+
+    Stopping the iteration cancels the analysis between components.
 
     Parameters
     ----------
@@ -187,40 +191,53 @@ def component_effects(segmenter, slice2d: np.ndarray, box=None, mode: str = "zer
     prompt = segmenter.encode_prompt(box, geometry=geometry)
     n_forward = 0
     records = []
-    with eval_mode(net), torch.inference_mode():
-        base_logits = segmenter.logits(x[None], prompt).float()
+    total = len(names) + 1
+    yield Progress(0, total, stage="baseline")
+
+    def forward(images, hooks=contextlib.nullcontext()):
+        # lock: no other run's pass sees this run's hooks; nothing held across a yield
+        with segmenter.lock, hooks, eval_mode(net), torch.inference_mode():
+            return segmenter.logits(images, prompt).float()
+
+    base_logits = forward(x[None])
+    n_forward += 1
+    base_mask = torch.sigmoid(base_logits[0]) > 0.5
+    gt_model = None
+    if gt is not None:
+        if np.shape(gt) != sl.shape:
+            raise ValueError(f"ground truth of shape {np.shape(gt)} does not match the slice {sl.shape}")
+        gt_model = torch.as_tensor(roi_to_model(np.asarray(gt, bool), segmenter.input_size,
+                                                segmenter.keep_aspect), device=x.device)
+    tgt = make_target(target, base_mask, None, gt_model)
+
+    def score(logits):
+        return float(tgt(logits if tgt.uses_logits else torch.sigmoid(logits))[0])
+
+    base_score = score(base_logits)
+    means = {}
+    if mode == "mean":
+        fills = torch.stack([segmenter.preprocess(np.nan_to_num(np.asarray(f, np.float32)))[0]
+                             for f in filler_slices])
+        with segmenter.lock, _recording(net, names) as seen:  # hooks in place only while the lock is held
+            forward(fills)
+        n_forward += len(fills)
+        means = {n: _batch_mean(seen[n][0], len(fills)) for n in names}
+    yield Progress(1, total, stage="components")
+    for k, n in enumerate(names):
+        value = score(forward(x[None], ablate(net, n, means.get(n))))
         n_forward += 1
-        base_mask = torch.sigmoid(base_logits[0]) > 0.5
-        gt_model = None
-        if gt is not None:
-            if np.shape(gt) != sl.shape:
-                raise ValueError(f"ground truth of shape {np.shape(gt)} does not match the slice {sl.shape}")
-            gt_model = torch.as_tensor(roi_to_model(np.asarray(gt, bool), segmenter.input_size,
-                                                    segmenter.keep_aspect), device=x.device)
-        tgt = make_target(target, base_mask, None, gt_model)
-
-        def score(logits):
-            return float(tgt(logits if tgt.uses_logits else torch.sigmoid(logits))[0])
-
-        base_score = score(base_logits)
-        means = {}
-        if mode == "mean":
-            fills = torch.stack([segmenter.preprocess(np.nan_to_num(np.asarray(f, np.float32)))[0]
-                                 for f in filler_slices])
-            with _recording(net, names) as seen:
-                segmenter.logits(fills, prompt)
-            n_forward += len(fills)
-            means = {n: _batch_mean(seen[n][0], len(fills)) for n in names}
-        for n in names:
-            with ablate(net, n, means.get(n)):
-                value = score(segmenter.logits(x[None], prompt).float())
-            n_forward += 1
-            records.append({"component": n, "kind": component_kind(n), "mode": mode, "target": tgt.name,
-                            "target_base": base_score, "target_ablated": value,
-                            "ate_dice": value - base_score, "ate": 100.0 * (value - base_score)})
+        records.append({"component": n, "kind": component_kind(n), "mode": mode, "target": tgt.name,
+                        "target_base": base_score, "target_ablated": value,
+                        "ate_dice": value - base_score, "ate": 100.0 * (value - base_score)})
+        yield Progress(k + 2, total, stage=n)
     for r in records:
         r["n_forward"] = n_forward
     return records
+
+
+def component_effects(*args, **kwargs) -> list[dict]:
+    """:func:`iter_component_effects` run to the end."""
+    return run_to_end(iter_component_effects(*args, **kwargs))
 
 
 def component_table(records: list[dict]) -> str:

@@ -88,11 +88,6 @@ def fill_values(ctx: Context, fill: str, blur_sigma: float | None = None) -> tor
     raise ValueError(f"unknown fill {fill!r}; choose zero, mean or blur")
 
 
-def windows_touching(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Bool (N,): windows (y0, y1, x0, x1) containing at least one True pixel of ``mask`` (S, S)."""
-    return window_sums(boxes, mask.astype(np.float64)) > 0
-
-
 def window_sums(boxes: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Sum of ``values`` (S, S) inside each window, from an integral image."""
     ii = np.zeros((values.shape[0] + 1, values.shape[1] + 1))

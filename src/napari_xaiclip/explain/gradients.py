@@ -100,7 +100,7 @@ def integrated_gradients(ctx: Context, n_steps: int = 32, n_samples: int = 8, st
     total = torch.zeros_like(x)
     for i in range(n):  # one noise sample at a time: cancellable between samples
         xi = x if noise is None else x + noise[i:i + 1]
-        with torch.enable_grad():
+        with torch.enable_grad(), ctx.seg.lock:
             total += ig.attribute(xi, baselines=base, n_steps=int(n_steps), internal_batch_size=ibs).detach()
         yield ctx.progress(i + 1, n, _keep_roi(ctx, (total[0] / (i + 1)).sum(0)), "integrated gradients")
     attr = total / n
@@ -126,7 +126,7 @@ def gradcam(ctx: Context, layer: str | None = None, relu: bool = True):
     params = {"layer": module[0], "relu": bool(relu)}
     yield ctx.progress(0, 1, None, "grad-cam")
     cam = LayerGradCam(_forward_fn(ctx, tgt), module[1])
-    with torch.enable_grad():
+    with torch.enable_grad(), ctx.seg.lock:  # Captum's hook sees only this run's pass
         attr = cam.attribute(ctx.x[None].clone(), relu_attributions=relu)
     if attr.ndim == 4 and attr.shape[-1] != attr.shape[-2] and attr.shape[1] == attr.shape[2]:
         attr = attr.permute(0, 3, 1, 2)  # channels-last encoders

@@ -15,7 +15,6 @@ minus the perturbed score, so a drop marks importance.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 __all__ = ["TARGETS", "Target", "make_target"]
@@ -116,7 +115,3 @@ def make_target(name: str, base_mask: torch.Tensor, roi: torch.Tensor | None = N
             raise ValueError("target 'roi-prob' needs a non-empty ROI (or baseline mask)")
         return RegionProbTarget(region)
     raise ValueError(f"unknown target {name!r}; choose from {TARGETS}")
-
-
-def as_mask_tensor(mask: np.ndarray, device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(mask, bool), device=device)

@@ -132,7 +132,12 @@ def _checked_logits(logits):
     """
     @functools.wraps(logits)
     def checked(self, images, *args, **kwargs):
-        out = logits(self, images, *args, **kwargs)
+        with self.lock:  # a hook another run put on the network (ablation, Grad-CAM) must not see this pass
+            speed = self.__dict__.get("_speed")  # an execution mode set by models.speed.apply_speed
+            if speed is None:
+                out = logits(self, images, *args, **kwargs)
+            else:
+                out = speed(logits, self, images, *args, **kwargs)
         if _is_unperturbed(images):
             _refuse_non_finite(self, out)
         return out
@@ -175,6 +180,13 @@ class Segmenter:
     device: Any = None
     uses_box: bool = True
     description: str = ""
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held for every forward pass, and by a run for the whole time it has hooks on :attr:`module`
+        (component ablation, Grad-CAM, integrated gradients): one model object is shared by every
+        widget and worker of the process, and a hook must only ever see its own run's passes."""
+        return self.__dict__.setdefault("_lock", threading.RLock())
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -101,16 +101,23 @@ def create_clip(spec: str = TINY_NAME, device="auto", pretrained_ok: bool = True
                       tuple(cfg.get("std", OPENAI_STD)), spec, dev)
 
 
+class _DropInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 @contextmanager
 def _quiet_logging(active: bool):
+    """Drop open_clip's info chatter (it logs on the root logger) without changing the root logger's
+    level, which other code in the process (napari, other plugins) relies on."""
     root = logging.getLogger()
-    level = root.level
+    quiet = _DropInfo()
     if active:
-        root.setLevel(logging.ERROR)
+        root.addFilter(quiet)
     try:
         yield
     finally:
-        root.setLevel(level)
+        root.removeFilter(quiet)
 
 
 def clip_input(slice2d: np.ndarray, bundle_or_size, mean=OPENAI_MEAN, std=OPENAI_STD):

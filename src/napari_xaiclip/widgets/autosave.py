@@ -13,7 +13,9 @@ import numpy as np
 from qtpy.QtCore import QTimer
 
 from ..session import SessionStore, autosave_enabled, source_key, volume_fingerprint
-from ._common import ROI_NAME, notify_info, notify_warning
+from .layers import ROI_NAME
+from .notify import notify_info, notify_warning
+from .state import state_of
 
 SAVED_KEYS = ("xaiclip_slice", "xaiclip_records", "xaiclip_run_id", "xaiclip_source", "xaiclip_partial",
               "xaiclip_roi_source")
@@ -22,23 +24,25 @@ SAVED_KEYS = ("xaiclip_slice", "xaiclip_records", "xaiclip_run_id", "xaiclip_sou
 def _source_of(viewer, layer):
     """The image layer a derived layer belongs to: the one its metadata named when it was added.
 
-    The reference is kept on the layer, so renaming the image later does not lose it.
+    The reference is kept in the viewer's state, so renaming the image later does not lose it.
     """
-    ref = getattr(layer, "_xaiclip_source_ref", None)
+    sources = state_of(viewer).sources
+    ref = sources.get(layer)
     source = ref() if ref is not None else None
     if source is None:
         name = (layer.metadata or {}).get("xaiclip_source")
         source = viewer.layers[name] if name in viewer.layers else None
         if source is not None:
-            layer._xaiclip_source_ref = weakref.ref(source)
+            sources[layer] = weakref.ref(source)
     return source if source is not None and source in viewer.layers else None
 
 
-def _identity(image_layer) -> tuple[str, str]:
+def _identity(viewer, image_layer) -> tuple[str, str]:
     """(source, fingerprint) of an image layer, computed once: a file replaced on disk while
     napari runs must not move its session (and, mixing the new bytes with the old voxels,
     it could never match another volume's)."""
-    cached = getattr(image_layer, "_xaiclip_session_identity", None)
+    identities = state_of(viewer).identities
+    cached = identities.get(image_layer)
     if cached is None:
         geometry = (image_layer.metadata or {}).get("xaiclip_geometry") or {}
         path = geometry.get("source_path")
@@ -47,13 +51,20 @@ def _identity(image_layer) -> tuple[str, str]:
         if affine is None:
             affine = [list(image_layer.scale), list(image_layer.translate)]
         cached = (source, volume_fingerprint(path, image_layer.data, affine))
-        image_layer._xaiclip_session_identity = cached
+        identities[image_layer] = cached
     return cached
 
 
-def store_for(image_layer, root=None) -> SessionStore:
-    source, fingerprint = _identity(image_layer)
+def store_for(viewer, image_layer, root=None) -> SessionStore:
+    source, fingerprint = _identity(viewer, image_layer)
     return SessionStore(source, image_layer.data.shape[-3:], root=root, fingerprint=fingerprint)
+
+
+def _is_source_image(layer) -> bool:
+    """A scan opened through this plugin's reader (it carries the patient geometry), not a derived map."""
+    meta = layer.metadata or {}
+    return layer._type_string == "image" and bool(meta.get("xaiclip_geometry")) and "xaiclip_slice" not in meta \
+        and "xaiclip_records" not in meta
 
 
 def _is_saved_kind(layer) -> bool:
@@ -78,8 +89,9 @@ class AutosaveController:
         self._timer.timeout.connect(self.flush)
         self.saved_files: list = []
         viewer.layers.events.inserted.connect(self._inserted)
-        for layer in viewer.layers:
+        for layer in list(viewer.layers):
             self._watch(layer)
+            self._offer_restore(layer)
         from qtpy.QtWidgets import QApplication
 
         app = QApplication.instance()
@@ -89,6 +101,16 @@ class AutosaveController:
     def _inserted(self, event):
         self._watch(event.value)
         self.mark(event.value)
+        self._offer_restore(event.value)
+
+    def _offer_restore(self, layer) -> None:
+        """Bring back a scan's autosaved session when the scan is opened, whichever way the plugin
+        was started (``xaiclip gui`` or napari's Plugins menu); once per image layer."""
+        restored = state_of(self.viewer).restored
+        if not self.enabled or layer in restored or not _is_source_image(layer):
+            return
+        restored.add(layer)
+        self.restore(layer)
 
     def _watch(self, layer):
         if layer._type_string not in ("labels", "image"):
@@ -117,7 +139,7 @@ class AutosaveController:
                 continue
             meta = {k: v for k, v in (layer.metadata or {}).items() if k in SAVED_KEYS}
             meta["kind"] = layer._type_string
-            store = store_for(source, self.root)
+            store = store_for(self.viewer, source, self.root)
             try:
                 self.saved_files.append(store.save(layer.name, np.asarray(layer.data), meta))
             except OSError as exc:
@@ -132,10 +154,10 @@ class AutosaveController:
 
     def restore(self, image_layer) -> list[str]:
         """Add the autosaved ROI and heatmaps of ``image_layer``'s volume; returns the layer names added."""
-        from ._common import geometry_kwargs, slice_layer_kwargs, source_metadata
+        from .layers import geometry_kwargs, slice_layer_kwargs, source_metadata
 
         added = []
-        store = store_for(image_layer, self.root)
+        store = store_for(self.viewer, image_layer, self.root)
         try:
             saved = store.load()
         except OSError as exc:
@@ -154,7 +176,7 @@ class AutosaveController:
             if meta.get("kind") == "labels":
                 self.viewer.add_labels(data.astype(np.uint8), name=name, opacity=0.45, **kw)
             else:
-                from ._common import heatmap_layer_kwargs
+                from .heatmap_style import heatmap_layer_kwargs
 
                 self.viewer.add_image(data.astype(np.float32), name=name, **heatmap_layer_kwargs(data), **kw)
             added.append(name)

@@ -18,17 +18,10 @@ from qtpy.QtWidgets import (
 )
 
 from ..slicing import filler_slices, slice_layer_data, take_slice
-from ._common import (
-    LayerChoice,
-    RunPanel,
-    find_box,
-    layer_is_phantom,
-    notify_error,
-    phantom_warnings,
-    replace_layer,
-    viewer_slice,
-    volume_of,
-)
+from .controls import LayerChoice
+from .layers import find_box, replace_layer, SEGMENTATION_NAME, viewer_slice, volume_of
+from .notify import layer_is_phantom, notify_error, phantom_warnings
+from .run_panel import RunPanel
 from .model_choice import SegmenterChoice
 
 if TYPE_CHECKING:
@@ -102,8 +95,8 @@ class CompanionsWidget(QWidget):
         heat = np.asarray(take_slice(np.asarray(heat_layer.data), axis, 0))
         image = np.asarray(take_slice(volume_of(self.viewer.layers[source]), axis, first))
         seg_mask = None
-        if "segmentation" in self.viewer.layers:
-            seg_mask = np.asarray(take_slice(np.asarray(self.viewer.layers["segmentation"].data), axis, first)) > 0
+        if SEGMENTATION_NAME in self.viewer.layers:
+            seg_mask = np.asarray(take_slice(np.asarray(self.viewer.layers[SEGMENTATION_NAME].data), axis, first)) > 0
         spec, box = record.get("model", "default"), record["params"].get("box")
 
         def work():
@@ -116,7 +109,7 @@ class CompanionsWidget(QWidget):
             return mask
 
         def done(mask):
-            from ._common import slice_layer_kwargs
+            from .layers import slice_layer_kwargs
 
             kw = slice_layer_kwargs(self.viewer.layers[source], axis, first)
             kw["metadata"]["xaiclip_explainseg"] = {"variant": variant, "heatmap": name}
@@ -153,7 +146,7 @@ class CompanionsWidget(QWidget):
         return box
 
     def run_components(self) -> None:
-        from ..explain.components import component_effects
+        from ..explain.components import iter_component_effects
         from ..models import load_segmenter
 
         layer = self.image.layer()
@@ -177,8 +170,14 @@ class CompanionsWidget(QWidget):
             warnings = phantom_warnings(phantom, seg)
             for w in warnings:
                 yield 0, 1, w
-            records = component_effects(seg, plane, box=box, mode=mode, filler_slices=fillers)
-            yield 1, 1, None
+            gen = iter_component_effects(seg, plane, box=box, mode=mode, filler_slices=fillers)
+            while True:  # cancellable between components
+                try:
+                    p = next(gen)
+                except StopIteration as stop:
+                    records = stop.value
+                    break
+                yield p.done, p.total, None
             return [{**r, "warnings": [str(w) for w in warnings]} for r in records]
 
         self.comp_run.start(work, on_done=self._show_components, description="component analysis")

@@ -26,24 +26,21 @@ from qtpy.QtWidgets import (
 )
 
 from ..slicing import put_slice, take_slice
-from ._common import (
-    LayerChoice,
-    RunPanel,
-    WorkerWarning,
+from .controls import LayerChoice, slice_choice_layout
+from .heatmap_style import heatmap_layer_kwargs, restyle_heatmap
+from .layers import (
     find_box,
-    layer_is_phantom,
-    notify_error,
-    phantom_warnings,
+    LOCALIZER_MAP_NAME,
     replace_layer,
     roi_slice,
-    slice_choice_layout,
     slice_layer_kwargs,
-    heatmap_layer_kwargs,
-    restyle_heatmap,
     viewer_slice,
     volume_of,
 )
+from .notify import layer_is_phantom, notify_error, phantom_warnings, WorkerWarning
+from .run_panel import RunPanel
 from .model_choice import SegmenterChoice
+from .state import state_of
 from .params import ParamForm
 
 if TYPE_CHECKING:
@@ -57,13 +54,6 @@ TARGETS = {"Dice vs baseline mask": "dice", "soft Dice": "soft-dice", "mean prob
 
 def heatmap_layer_name(image: str, method: str, mode: str) -> str:
     return f"{image} · {method} ({mode})"
-
-
-def _busy(viewer) -> set:
-    """Names of layers a worker is writing now (one set per viewer, not a global)."""
-    if not hasattr(viewer, "_xaiclip_busy_layers"):
-        viewer._xaiclip_busy_layers = set()
-    return viewer._xaiclip_busy_layers
 
 
 class ExplainerWidget(QWidget):
@@ -176,17 +166,17 @@ class ExplainerWidget(QWidget):
                 "seed": self.seed.value(), "curves": self.curves.isChecked()}
 
     def _score_map(self, axis, index):
-        if "localizer map" not in self.viewer.layers:
+        if LOCALIZER_MAP_NAME not in self.viewer.layers:
             return None
-        meta = self.viewer.layers["localizer map"].metadata.get("xaiclip_slice", {})
+        meta = self.viewer.layers[LOCALIZER_MAP_NAME].metadata.get("xaiclip_slice", {})
         if meta.get("axis") != axis or meta.get("index") != index:
             return None
-        return np.asarray(take_slice(self.viewer.layers["localizer map"].data, axis, 0))
+        return np.asarray(take_slice(self.viewer.layers[LOCALIZER_MAP_NAME].data, axis, 0))
 
     # --- run -----------------------------------------------------------------
     def explain(self) -> None:
         if self.run.running:
-            from ._common import notify_info
+            from .notify import notify_info
 
             notify_info("A run is already in progress; wait for it or press Cancel.")
             return
@@ -196,7 +186,7 @@ class ExplainerWidget(QWidget):
             notify_error(str(exc))
             return
         names = {mode: heatmap_layer_name(job["layer"].name, job["method"], mode) for mode in job["modes"]}
-        busy = _busy(self.viewer)
+        busy = state_of(self.viewer).busy_layers
         if busy & set(names.values()):
             notify_error("another run is writing these heatmap layers; wait for it or cancel it")
             return

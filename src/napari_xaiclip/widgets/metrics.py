@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..pipeline import COST_FIELDS, METRIC_FIELDS, ROI_FIELDS
-from ._common import notify_error, notify_info
+from .notify import notify_error, notify_info
 
 if TYPE_CHECKING:
     import napari

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._cards import PHANTOM_NOTE, localizer_card, segmenter_card
-from ._common import layer_is_phantom
+from .notify import layer_is_phantom
 
 SEGMENTER_KINDS = [
     ("Default: LiteMedSAM (real medical model, research use)", "default"),

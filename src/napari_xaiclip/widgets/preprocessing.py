@@ -19,18 +19,10 @@ from qtpy.QtWidgets import (
 
 from ..preprocess import CT_WINDOWS, apply_preset
 from ..slicing import slice_layer_data, take_slice
-from ._common import (
-    double_spin,
-    LayerChoice,
-    RunPanel,
-    geometry_kwargs,
-    notify_error,
-    replace_layer,
-    slice_layer_kwargs,
-    source_metadata,
-    viewer_slice,
-    volume_of,
-)
+from .controls import double_spin, LayerChoice
+from .layers import geometry_kwargs, replace_layer, slice_layer_kwargs, source_metadata, viewer_slice, volume_of
+from .notify import notify_error
+from .run_panel import RunPanel
 
 if TYPE_CHECKING:
     import napari

@@ -36,25 +36,23 @@ from ..jobs import SEGMENTER_ROI_MARGIN
 from ..roi import clean_roi, roi_area, roi_bbox, roi_from_labels, roi_from_map, roi_from_threshold
 from ..slicing import put_slice, slice_layer_data, take_slice
 from ._cards import localizer_classes
-from ._common import (
-    double_spin,
-    LayerChoice,
-    RunPanel,
-    WorkerWarning,
+from .controls import double_spin, LayerChoice, slice_choice_layout
+from .heatmap_style import heatmap_layer_kwargs
+from .layers import (
     box_from_shapes,
-    start_box_drawing,
-    layer_is_phantom,
-    notify_error,
-    phantom_warnings,
+    LOCALIZER_MAP_NAME,
     replace_layer,
     roi_layer,
+    ROI_NAME,
     roi_slice,
-    slice_choice_layout,
     slice_layer_kwargs,
-    heatmap_layer_kwargs,
+    start_box_drawing,
     viewer_slice,
     volume_of,
 )
+from .notify import layer_is_phantom, notify_error, phantom_warnings, WorkerWarning
+from .state import state_of
+from .run_panel import RunPanel
 from .model_choice import LocalizerChoice, SegmenterChoice
 
 if TYPE_CHECKING:
@@ -372,7 +370,7 @@ class RoiWidget(QWidget):
             for index, (mask, score) in out.items():
                 put_slice(roi.data, axis, index, mask.astype(roi.data.dtype))
                 if score is not None:
-                    replace_layer(self.viewer, "localizer map", slice_layer_data(score.astype(np.float32), axis),
+                    replace_layer(self.viewer, LOCALIZER_MAP_NAME, slice_layer_data(score.astype(np.float32), axis),
                                   "image", visible=False, **{**heatmap_layer_kwargs(score, signed=False),
                                                              "contrast_limits": (0.0, 1.0)},
                                   **slice_layer_kwargs(layer, axis, index))
@@ -507,17 +505,18 @@ class RoiWidget(QWidget):
 
     # --- info ----------------------------------------------------------------
     def _watch_roi(self, *_):
-        layer = self.viewer.layers["ROI"] if "ROI" in self.viewer.layers else None
-        if layer is not None and not getattr(layer, "_xaiclip_watched", False):
+        layer = self.viewer.layers[ROI_NAME] if ROI_NAME in self.viewer.layers else None
+        watched = state_of(self.viewer).watched
+        if layer is not None and layer not in watched:
             layer.events.data.connect(self.update_info)
             if hasattr(layer.events, "paint"):
                 layer.events.paint.connect(self.update_info)
-            layer._xaiclip_watched = True
+            watched.add(layer)
         self.update_info()
 
     def update_info(self, *_):
         layer = self.image.layer()
-        if layer is None or "ROI" not in self.viewer.layers:
+        if layer is None or ROI_NAME not in self.viewer.layers:
             self.info.setText("no ROI yet")
             return
         axis, index = viewer_slice(self.viewer, layer)

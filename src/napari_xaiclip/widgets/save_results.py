@@ -8,7 +8,7 @@ import numpy as np
 
 from ..outputs import LABEL_VALUE, METRICS_STEM, ROI_STEM, SEGMENTATION_STEM, figure_name_for, heatmap_stem
 from ..outputs import unique_stem, write_volume
-from ._common import ROI_NAME, SEGMENTATION_NAME
+from .layers import ROI_NAME, SEGMENTATION_NAME
 
 __all__ = ["save_results"]
 

@@ -10,24 +10,22 @@ from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QVBoxLay
 
 from ..outputs import LABEL_VALUE
 from ..slicing import put_slice, slice_layer_data, take_slice
-from ._common import (
-    SEGMENTATION_NAME,
-    LayerChoice,
-    RunPanel,
-    start_box_drawing,
+from .controls import LayerChoice
+from .heatmap_style import heatmap_layer_kwargs
+from .layers import (
     find_box,
     geometry_kwargs,
-    layer_is_phantom,
-    notify_error,
-    phantom_warnings,
-    heatmap_layer_kwargs,
     label_colormap,
     replace_layer,
+    SEGMENTATION_NAME,
     slice_layer_kwargs,
     source_metadata,
+    start_box_drawing,
     viewer_slice,
     volume_of,
 )
+from .notify import layer_is_phantom, notify_error, phantom_warnings
+from .run_panel import RunPanel
 from .model_choice import SegmenterChoice
 
 if TYPE_CHECKING:

@@ -13,7 +13,8 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSlider, QSpinBox, QWidget
 
 from ..slicing import AXIS_NAMES, slice_position_mm
-from ._common import LayerChoice, current_index, go_to_index, set_slicing_axis
+from .controls import LayerChoice
+from .layers import current_index, go_to_index, set_slicing_axis
 
 if TYPE_CHECKING:
     import napari

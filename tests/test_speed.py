@@ -65,24 +65,31 @@ def test_eager_installs_nothing_and_removes_a_mode(monkeypatch):
 
 def test_compile_matches_eager(cache_env, monkeypatch):
     seg = _seg()
-    x = torch.rand(8, 1, S, S, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(20, 1, S, S, generator=torch.Generator().manual_seed(1))
     eager = _logits(seg, x)
     calls = []
-    real_call = speed._Compiled.__call__
-    monkeypatch.setattr(speed._Compiled, "__call__", lambda self, *a, **k: calls.append(1) or real_call(self, *a, **k))
-    report = apply_speed(seg, "compile")
+    real_compile = torch.compile
+
+    def counting_compile(module, **kwargs):
+        fn = real_compile(module, **kwargs)
+        return lambda *a, **k: calls.append(a[0].shape[0]) or fn(*a, **k)
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    report = apply_speed(seg, "compile", batch=8)
     if report.chosen != "compile":  # torch.compile unusable here: the fallback must say why
         assert report.chosen == "eager" and "_speed" not in seg.__dict__
         assert any(r.startswith("compile not used") for r in report.reasons), report.reasons
         pytest.skip(f"torch.compile unavailable: {report.reasons}")
     assert report.compile_seconds > 0 and report.max_abs_diff <= 1e-4 and report.cosine >= COSINE_MIN
-    assert report.to_record()["speed_chosen"] == "compile"
-    calls.clear()
-    for n in (8, 3, 1):   # other batch sizes, and a single image (run as two)
+    assert report.compile_batch == 8 and report.to_record()["speed_chosen"] == "compile"
+    assert calls == [8]   # the probe, at the compiled batch
+    # full batches compiled; a remainder of more than half a batch padded and compiled; a smaller one eager
+    for n, compiled in ((8, [8]), (5, [8]), (3, []), (1, []), (20, [8, 8])):
+        calls.clear()
         fast = _logits(seg, x[:n])
         assert fast.shape == (n, S, S) and fast.dtype == torch.float32
         np.testing.assert_allclose(fast.numpy(), eager[:n].numpy(), atol=1e-4)
-    assert len(calls) == 3, "the compiled network was not used"
+        assert calls == compiled, n
 
 
 def test_broken_compile_falls_back_silently(monkeypatch):
@@ -102,7 +109,7 @@ def test_broken_compile_falls_back_silently(monkeypatch):
 
 def test_compiled_forward_failing_later_falls_back(monkeypatch):
     class Flaky:   # compiles, passes the probe, then fails on the next batch
-        def __init__(self, module):
+        def __init__(self, module, batch):
             self.module, self.calls = module, 0
 
         def __call__(self, x):
@@ -247,9 +254,9 @@ def test_sam_family_compiles_the_image_encoder_only(monkeypatch):
     seen = []
 
     class PassThrough:   # stands in for torch.compile: records what it is handed and called with
-        def __init__(self, module):
+        def __init__(self, module, batch):
             self.module = module
-            seen.append(("built", type(module).__name__))
+            seen.append(("built", type(module).__name__, batch))
 
         def __call__(self, x):
             seen.append(("called", tuple(x.shape)))
@@ -263,7 +270,8 @@ def test_sam_family_compiles_the_image_encoder_only(monkeypatch):
         eager = seg.logits(x, prompt)
     report = apply_speed(seg, "compile", cache_dir=tempfile.mkdtemp())
     assert report.chosen == "compile" and "image_encoder" in report.reasons[-1]
-    assert seen[0] == ("built", type(seg.module.image_encoder).__name__)
+    assert seen[0] == ("built", type(seg.module.image_encoder).__name__, 16)   # the automatic batch at 256 px
+    assert report.compile_batch == 16
     seen.clear()
     with torch.inference_mode():
         fast = seg.logits(x, prompt)
@@ -313,12 +321,12 @@ def test_compile_makes_one_graph(cache_env):
     from torch._dynamo.utils import counters
 
     seg = make_segmenter(TinyConvNet(in_channels=1, seed=4), S, counting=False)   # images go in as they are
-    report = apply_speed(seg, "compile")
+    report = apply_speed(seg, "compile", batch=4)
     if report.chosen != "compile":
         pytest.skip(f"torch.compile unavailable: {report.reasons}")
     graphs = counters["stats"]["unique_graphs"]
     prompt = seg.encode_prompt(box=BOX)
-    for n in (8, 3, 1, 2):
+    for n in (4, 3, 1, 2, 9):
         outside = torch.rand(n, 1, S, S)
         with torch.inference_mode():
             inside = torch.rand(n, 1, S, S)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import socket
 import sys
 import time
@@ -48,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import atomic_write_text
-from .jobs import CASE_FIELDS, Case, run_case
+from .jobs import CASE_FIELDS, Case, remove_stale_staging, run_case
 from .manifest import MANIFEST_COLUMNS, BatchRow, ManifestError, read_manifest
 
 __all__ = ["AGGREGATE_FIELDS", "MANIFEST_COLUMNS", "SUMMARY_FIELDS", "BatchRow", "ManifestError",
@@ -58,7 +57,6 @@ SUMMARY_FIELDS = ["case", "status"] + CASE_FIELDS + ["error"]
 #: Metrics averaged per method and mode in aggregates.csv and report.md.
 AGGREGATE_FIELDS = ("rho", "seconds", "n_forward", "dice_vs_baseline", "dice_vs_gt")
 DONE, ERROR = "done.json", "error.txt"
-_PARTIAL = ".xaiclip-partial-"
 #: How long to wait for a ``--scheduler`` to answer.
 SCHEDULER_TIMEOUT = "15s"
 
@@ -253,8 +251,8 @@ def run_batch(manifest, out, workers: int | None = None, scheduler: str | None =
     for row in rows:
         if row.error and results[row.case_id]["status"] == "failed":
             _record_failure(cases_dir / row.case_id, row.error)
-        for stale in (cases_dir / row.case_id).glob(f"{_PARTIAL}*"):  # staging left by killed workers
-            shutil.rmtree(stale, ignore_errors=True)
+        if (cases_dir / row.case_id).is_dir():  # staging left by killed workers
+            remove_stale_staging(cases_dir / row.case_id)
     seconds = time.perf_counter() - t0
     summary = _write_outputs(out, manifest, rows, results, seconds, n_workers, len(to_run))
     if progress:

@@ -295,7 +295,8 @@ def run_case(case: Case, out: str | os.PathLike, on_progress=None, segmenter=Non
     prep.provenance = {**model_provenance(seg, loc), **(prep.prompt.to_record() if prep.prompt else {})}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".xaiclip-partial-", dir=out))
+    remove_stale_staging(out)
+    stage = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", dir=out))
     try:
         records = _run(prep, seg, loc, stage, on_progress, save_figure, warnings, say)
         write_metrics(stage, records, CASE_FIELDS)
@@ -303,6 +304,29 @@ def run_case(case: Case, out: str | os.PathLike, on_progress=None, segmenter=Non
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return records
+
+
+#: Staging folders are named ``<prefix><pid>-<random>``: a rerun can tell a dead run's from a live one's.
+PARTIAL_PREFIX = ".xaiclip-partial-"
+
+
+def remove_stale_staging(out: Path) -> None:
+    """Remove staging folders in ``out`` left by runs that were killed (their process is gone);
+    a run still writing into the same folder keeps its own."""
+    for stage in out.glob(f"{PARTIAL_PREFIX}*"):
+        pid = stage.name[len(PARTIAL_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _run(prep: PreparedCase, seg, loc, stage: Path, on_progress, save_figure, warnings, say) -> list[dict]:

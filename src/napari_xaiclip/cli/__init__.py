@@ -9,8 +9,11 @@ are left behind.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
+import warnings
 
 from . import batch, components, demo, explain, gui, models, train
 from ._errors import UsageError
@@ -22,8 +25,16 @@ COMMANDS = (gui.add, demo.add, explain.add, batch.add, components.add, models.ad
             train.add_localizer)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command's error contract: one ``error:`` line and exit status 2."""
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xaiclip", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="xaiclip", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
@@ -31,22 +42,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The contract is one line: join a multi-line message rather than cut it."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
+def _os_message(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or _one_line(exc)}"
+
+
+def _interrupt(signum, frame):
+    # SIGTERM/SIGHUP unwind like Ctrl-C, so staging folders are removed on the way out
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     t0 = time.time()
+    in_main = threading.current_thread() is threading.main_thread()  # signals can only be caught there
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)} if in_main else {}
     try:
-        return int(args.func(args) or 0)
-    except (UsageError, ValueError, FileNotFoundError) as exc:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            try:
+                return int(args.func(args) or 0)
+            finally:
+                for text in dict.fromkeys(_one_line(w.message) for w in caught):
+                    print(f"warning: {text}", file=sys.stderr)
+    except (UsageError, ValueError) as exc:
         if args.debug:
             raise
-        # the contract is one line: join a multi-line message rather than cut it
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"error: interrupted after {time.time() - t0:.0f} s", file=sys.stderr)
+    except OSError as exc:  # missing input, an --out that cannot be written, a full disk
+        if args.debug:
+            raise
+        print(f"error: {_os_message(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        why = f" by {exc.args[0]}" if exc.args else ""
+        print(f"error: interrupted{why} after {time.time() - t0:.0f} s", file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

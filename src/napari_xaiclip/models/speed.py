@@ -8,10 +8,14 @@ was chosen and why; ``report.to_record()`` is a flat dict for provenance.
 * ``eager``: fp32, the network as loaded (the engine already runs every
   perturbation batch under ``torch.inference_mode``).
 * ``compile``: ``torch.compile`` of the heavy part (the image encoder of the
-  SAM family, the whole network otherwise), with the batch dimension dynamic
-  and the inductor caches in a persistent directory (:func:`compile_cache_dir`),
-  so a later process reuses the compiled kernels. The first call compiles
-  (about 100 s for LiteMedSAM's encoder on a CPU; a few seconds with a warm cache).
+  SAM family, the whole network otherwise) with static shapes at one batch
+  size (``batch``, the explanations' batch size), the inductor caches in a
+  persistent directory (:func:`compile_cache_dir`) so a later process reuses
+  the compiled kernels. The first call compiles (minutes for LiteMedSAM's
+  encoder on a CPU; much less with a warm cache). Full batches run compiled, a
+  remainder of more than half a batch padded, a smaller one eager: a dynamic
+  batch dimension ran slower than eager on a CPU, and each further shape is
+  another compile.
 * ``bf16``: ``torch.autocast(..., dtype=torch.bfloat16)`` where the hardware
   has native bf16 (CUDA: ``torch.cuda.is_bf16_supported()``; CPU: AVX512-BF16
   or AMX), output cast back to fp32.
@@ -65,7 +69,8 @@ class SpeedReport:
     """What :func:`apply_speed` chose and why.
 
     ``chosen`` is "eager", "compile", "bf16" or "bf16+compile"; ``reasons`` one line per
-    decision; ``compile_seconds`` the first compiled call (compile included); ``max_abs_diff``,
+    decision; ``compile_seconds`` the first compiled call (compile included), ``compile_batch`` the
+    batch size compiled for; ``max_abs_diff``,
     ``cosine``, ``dice`` the probe's logits and mask agreement with fp32 eager (None for eager);
     ``dtype`` the compute dtype of the fast path.
     """
@@ -74,6 +79,7 @@ class SpeedReport:
     chosen: str = "eager"
     reasons: list[str] = field(default_factory=list)
     compile_seconds: float | None = None
+    compile_batch: int | None = None
     max_abs_diff: float | None = None
     cosine: float | None = None
     dice: float | None = None
@@ -87,6 +93,7 @@ class SpeedReport:
 
         return {"speed_requested": self.requested, "speed_chosen": self.chosen,
                 "speed_reasons": "; ".join(self.reasons), "speed_compile_s": r(self.compile_seconds, 2),
+                "speed_compile_batch": self.compile_batch,
                 "speed_max_abs_diff": r(self.max_abs_diff, 8), "speed_cosine": r(self.cosine, 6),
                 "speed_dice": r(self.dice, 6), "speed_device": self.device, "speed_dtype": self.dtype}
 
@@ -191,14 +198,20 @@ class _Network:
 
 
 class _Compiled:
-    """A ``torch.compile``d module called with a dynamic batch dimension. A batch of one is
-    run as two copies: dynamo specialises size 1, and a second graph would mean a second compile."""
+    """A ``torch.compile``d module with static shapes, at batch ``batch``.
 
-    def __init__(self, module):
+    Graphs with a dynamic batch dimension ran slower than eager on a CPU, and every further
+    static shape is another compile of minutes, so one batch size is compiled: full chunks of
+    ``batch`` run compiled, a remainder of more than half a batch runs compiled after padding
+    (cheaper than eager at about 2x), a smaller one runs eager. Inputs are made inference tensors,
+    because dynamo guards on the tensor kind (another kind would mean another graph).
+    """
+
+    def __init__(self, module, batch: int):
         import torch
 
-        self.module = module
-        self.fn = torch.compile(module)
+        self.module, self.batch = module, max(1, int(batch))
+        self.fn = torch.compile(module, dynamic=False)
 
     def __getattr__(self, name):   # attributes (img_size, ...) of the module it stands for
         if "module" not in self.__dict__:
@@ -207,20 +220,41 @@ class _Compiled:
 
     def __call__(self, x, *args, **kwargs):
         import torch
-        from torch.utils._pytree import tree_map
 
-        single = x.shape[0] == 1
-        if single:
-            x = torch.cat([x, x])
-        elif not x.is_inference():   # dynamo guards on the tensor kind: one kind, one graph
-            x = x.clone()
-        mark = getattr(torch._dynamo, "maybe_mark_dynamic", None)
-        if mark is not None:
-            mark(x, 0)
-        out = self.fn(x, *args, **kwargs)
-        if single:
-            out = tree_map(lambda t: t[:1] if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == 2 else t, out)
-        return out
+        b = self.batch
+        outs = []
+        for start in range(0, x.shape[0], b):
+            chunk = x[start:start + b]
+            m = chunk.shape[0]
+            if 2 * m <= b and m < b:
+                outs.append(self.module(chunk, *args, **kwargs))
+                continue
+            if m < b:
+                chunk = torch.cat([chunk, chunk[-1:].expand(b - m, *chunk.shape[1:])])
+            elif not chunk.is_inference():
+                chunk = chunk.clone()
+            out = self.fn(chunk, *args, **kwargs)
+            outs.append(out if m == b else _take(out, m, b))
+        return outs[0] if len(outs) == 1 else _cat(outs)
+
+
+def _take(out, m: int, b: int):
+    """The first ``m`` items of every batch-``b`` tensor in ``out``."""
+    import torch
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda t: t[:m] if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == b else t, out)
+
+
+def _cat(outs: list):
+    """Outputs of consecutive chunks joined along the batch dimension (any nesting of tensors)."""
+    import torch
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    flat = [tree_flatten(o) for o in outs]
+    leaves = [torch.cat(parts) if isinstance(parts[0], torch.Tensor) and parts[0].ndim else parts[0]
+              for parts in zip(*(f[0] for f in flat))]
+    return tree_unflatten(leaves, flat[0][1])
 
 
 def _heavy_parts(module) -> dict:
@@ -329,6 +363,12 @@ def _probe_inputs(seg):
     return torch.stack([x, occluded]), prompt
 
 
+def _auto_batch(seg, device) -> int:
+    from ..explain.base import auto_batch_size
+
+    return auto_batch_size(int(seg.input_size), device)
+
+
 def _raw_logits(seg):
     """The class's ``logits`` without the NaN check and the lock (what the runner is handed)."""
     fn = type(seg).logits
@@ -347,11 +387,14 @@ def _agreement(ref, out) -> dict:
     return {"max_abs_diff": float((a - b).abs().max()), "cosine": cosine, "dice": dice}
 
 
-def apply_speed(segmenter, mode: str = "auto", cache_dir: str | Path | None = None) -> SpeedReport:
+def apply_speed(segmenter, mode: str = "auto", cache_dir: str | Path | None = None,
+                batch: int | None = None) -> SpeedReport:
     """Install an execution mode on ``segmenter`` (see the module docstring) and say what was chosen.
 
     ``cache_dir``: inductor's cache directory for ``compile`` (default :func:`compile_cache_dir`, or
-    ``TORCHINDUCTOR_CACHE_DIR`` when the user set it). Replaces any mode applied before.
+    ``TORCHINDUCTOR_CACHE_DIR`` when the user set it). ``batch``: the batch size ``compile`` compiles
+    for; use the explanations' batch size (default: the engine's automatic one, 16 at 256 px on a
+    CPU). Replaces any mode applied before.
 
     >>> from napari_xaiclip.models import load_segmenter  # doctest: +SKIP
     >>> apply_speed(load_segmenter("default"), "auto").chosen  # doctest: +SKIP
@@ -360,10 +403,11 @@ def apply_speed(segmenter, mode: str = "auto", cache_dir: str | Path | None = No
     if mode not in MODES:
         raise ValueError(f"unknown speed mode {mode!r}; choose from {', '.join(MODES)}")
     with getattr(segmenter, "lock", None) or contextlib.nullcontext():   # no forward sees a half-made mode
-        return _apply(segmenter, mode, cache_dir)
+        return _apply(segmenter, mode, cache_dir, batch)
 
 
-def ensure_speed(segmenter, mode: str = "auto", cache_dir: str | Path | None = None) -> SpeedReport:
+def ensure_speed(segmenter, mode: str = "auto", cache_dir: str | Path | None = None,
+                 batch: int | None = None) -> SpeedReport:
     """:func:`apply_speed` unless ``mode`` was already asked for on this segmenter object, so the probe
     and the compile run once per loaded model, not once per case."""
     current = speed_report(segmenter)
@@ -372,10 +416,10 @@ def ensure_speed(segmenter, mode: str = "auto", cache_dir: str | Path | None = N
     if current is None and mode == "eager":
         return SpeedReport(requested="eager", reasons=["eager asked for"],
                            device=str(getattr(segmenter, "device", None) or "cpu"))
-    return apply_speed(segmenter, mode, cache_dir)
+    return apply_speed(segmenter, mode, cache_dir, batch)
 
 
-def _apply(segmenter, mode: str, cache_dir) -> SpeedReport:
+def _apply(segmenter, mode: str, cache_dir, batch) -> SpeedReport:
     import torch
 
     from .base import Segmenter
@@ -414,17 +458,20 @@ def _apply(segmenter, mode: str, cache_dir) -> SpeedReport:
             trial = _Runner(module, report, torch.bfloat16, parts)
         else:
             cache = _use_cache_dir(cache_dir)
+            size = int(batch or _auto_batch(segmenter, device))
             try:
-                compiled = {name: _Compiled(part) for name, part in _heavy_parts(module).items()}
+                compiled = {name: _Compiled(part, size) for name, part in _heavy_parts(module).items()}
             except Exception as exc:
                 report.reasons.append(f"compile not used: torch.compile failed ({_short(exc)})")
                 continue
             trial = _Runner(module, report, autocast, compiled)
-            why = f"torch.compile of {', '.join(n or 'the whole network' for n in compiled)}, cache {cache}"
+            why = (f"torch.compile of {', '.join(n or 'the whole network' for n in compiled)} at batch {size}, "
+                   f"cache {cache}")
+        probe = images if step == "bf16" else images[torch.arange(size) % len(images)]   # compile at its batch
         t0 = time.perf_counter()
         try:
             with segmenter.lock, torch.inference_mode():
-                out = trial.fast(_raw_logits(segmenter), segmenter, images, prompt).float()
+                out = trial.fast(_raw_logits(segmenter), segmenter, probe, prompt).float()[:len(images)]
         except Exception as exc:
             report.reasons.append(f"{step} not used: the probe forward failed ({_short(exc)})")
             continue
@@ -437,7 +484,7 @@ def _apply(segmenter, mode: str, cache_dir) -> SpeedReport:
         chosen.append(step)
         autocast, parts = trial.autocast, trial.parts
         if step == "compile":
-            report.compile_seconds = seconds
+            report.compile_seconds, report.compile_batch = seconds, size
         report.max_abs_diff, report.cosine, report.dice = agree["max_abs_diff"], agree["cosine"], agree["dice"]
         report.reasons.append(f"{step}: {why}; probe mask Dice {agree['dice']:.4f}, logits cosine "
                               f"{agree['cosine']:.5f}, max |diff| {agree['max_abs_diff']:.3g}")

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 
 from ..slicing import filler_slices, slice_layer_data, take_slice
 from .controls import LayerChoice
-from .layers import find_box, replace_layer, SEGMENTATION_NAME, viewer_slice, volume_of
+from .layers import replace_layer, SEGMENTATION_NAME, slice_prompt, volume_of
 from .notify import layer_is_phantom, notify_error, phantom_warnings
 from .run_panel import RunPanel
 from .model_choice import SegmenterChoice
@@ -151,9 +151,7 @@ class CompanionsWidget(QWidget):
 
         layer = self.image.layer()
         try:
-            volume = volume_of(layer)
-            axis, index = viewer_slice(self.viewer, layer)
-            box, _ = find_box(self.viewer, layer, axis, index)
+            volume, axis, index, box, _ = slice_prompt(self.viewer, layer)
             spec, device = self.model.spec(), self.model.device_name()
         except ValueError as exc:
             notify_error(str(exc))

@@ -9,7 +9,7 @@ from ..slicing import check_slice, slice_translate
 from .notify import notify_error
 
 
-__all__ = ["BOX_LAYER_NAME", "GEOMETRY_KEYS", "LOCALIZER_MAP_NAME", "ROI_NAME", "SEGMENTATION_NAME", "box_from_shapes", "current_index", "ensure_box_layer", "find_box", "geometry_kwargs", "go_to_index", "image_slice_coords", "label_colormap", "replace_layer", "roi_layer", "roi_slice", "set_slicing_axis", "slice_layer_kwargs", "source_metadata", "start_box_drawing", "viewer_slice", "volume_of"]
+__all__ = ["BOX_LAYER_NAME", "GEOMETRY_KEYS", "LOCALIZER_MAP_NAME", "ROI_NAME", "SEGMENTATION_NAME", "box_from_shapes", "current_index", "ensure_box_layer", "find_box", "geometry_kwargs", "go_to_index", "image_slice_coords", "label_colormap", "replace_layer", "roi_layer", "roi_slice", "set_slicing_axis", "slice_layer_kwargs", "slice_prompt", "source_metadata", "start_box_drawing", "viewer_slice", "volume_of"]
 
 
 GEOMETRY_KEYS = ("scale", "translate", "rotate", "shear", "affine")
@@ -238,3 +238,12 @@ def start_box_drawing(viewer, image_layer) -> None:
     shapes = ensure_box_layer(viewer, image_layer)
     viewer.layers.selection.active = shapes
     shapes.mode = "add_rectangle"
+
+
+def slice_prompt(viewer, layer):
+    """(volume, axis, index, box, box origin) of the slice the viewer shows for ``layer``: what every
+    single-slice action (segment, component analysis) starts from. ValueError says what is missing."""
+    volume = volume_of(layer)
+    axis, index = viewer_slice(viewer, layer)
+    box, origin = find_box(viewer, layer, axis, index)
+    return volume, axis, index, box, origin

@@ -13,16 +13,14 @@ from ..slicing import put_slice, slice_layer_data, take_slice
 from .controls import LayerChoice
 from .heatmap_style import heatmap_layer_kwargs
 from .layers import (
-    find_box,
     geometry_kwargs,
     label_colormap,
     replace_layer,
     SEGMENTATION_NAME,
     slice_layer_kwargs,
+    slice_prompt,
     source_metadata,
     start_box_drawing,
-    viewer_slice,
-    volume_of,
 )
 from .notify import layer_is_phantom, notify_error, phantom_warnings
 from .run_panel import RunPanel
@@ -70,9 +68,7 @@ class SegmentationWidget(QWidget):
 
         layer = self.image.layer()
         try:
-            volume = volume_of(layer)
-            axis, index = viewer_slice(self.viewer, layer)
-            box, origin = find_box(self.viewer, layer, axis, index)
+            volume, axis, index, box, origin = slice_prompt(self.viewer, layer)
             spec, device = self.model.spec(), self.model.device_name()
         except ValueError as exc:
             notify_error(str(exc))

@@ -270,3 +270,40 @@ def test_scheduler_unreachable_is_an_input_error(cohort, tmp_path, capsys, monke
 def test_manifest_error_type():
     with pytest.raises(ManifestError, match="no such manifest"):
         read_manifest("/nonexistent/manifest.csv")
+
+
+def test_a_damaged_done_marker_reruns_that_case_and_no_other(batch, cohort, tmp_path, capsys):
+    """An empty done.json (a disk that filled up) or a corrupt metrics.json must not abort the rerun."""
+    import shutil
+
+    _, out, _ = batch
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    first, second = (cid for cid, _, _ in CASES[:2])
+    (copy / "cases" / first / "done.json").write_text("")
+    (copy / "cases" / second / "metrics.json").write_text("{not json")
+    again = run_batch(cohort / "four.csv", copy, workers=1, progress=False)
+    assert (again["done"], again["skipped"], again["failed"]) == (2, 2, 0)
+    err = capsys.readouterr().err
+    assert f"{first}/done.json: unreadable" in err and f"{second}/metrics.json: unreadable" in err
+    assert json.loads((copy / "cases" / first / "done.json").read_text())["case"] == first
+
+
+@pytest.mark.parametrize("text,message", [
+    ("0:1000000000000", "more than 65536 slices"),
+    ("-1:2", "0 <= A < B"),
+    ("5:5", "0 <= A < B"),
+])
+def test_slice_ranges_are_checked_before_anything_is_allocated(text, message):
+    from napari_xaiclip.jobs import parse_slices
+
+    with pytest.raises(ValueError, match=message):
+        parse_slices(text)
+
+
+def test_a_case_id_too_long_for_a_folder_name_is_refused(cohort, tmp_path, capsys):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"case,volume\n{'a' * 300},{cohort / 'vol0.nii.gz'}\n")
+    assert main(["batch", str(manifest), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and "at most 100" in err[-1]

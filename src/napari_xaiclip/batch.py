@@ -64,7 +64,30 @@ SCHEDULER_TIMEOUT = "15s"
 # --- one case (runs on a worker) -------------------------------------------
 def _read_records(case_dir: Path) -> list[dict]:
     f = case_dir / "metrics.json"
-    return json.loads(f.read_text()) if f.is_file() else []
+    return _read_json(f, []) if f.is_file() else []
+
+
+def _read_json(path: Path, default):
+    """The file's JSON, or ``default`` with a warning naming the file when it is empty or damaged
+    (a disk that filled up, a worker killed mid-write): one bad file must not stop the batch."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"warning: {path}: unreadable ({exc}); the case is run again", file=sys.stderr)
+        return None if default is None else default
+
+
+def _finished(case_dir: Path) -> dict | None:
+    """The case's ``done.json`` when it is readable and its metrics are too, else None (run it again)."""
+    marker = case_dir / DONE
+    if not marker.is_file():
+        return None
+    info = _read_json(marker, None)
+    metrics = case_dir / "metrics.json"
+    if not isinstance(info, dict) or (metrics.is_file() and _read_json(metrics, None) is None):
+        marker.unlink(missing_ok=True)
+        return None
+    return info
 
 
 def _record_failure(case_dir: Path, message: str, details: str = "") -> None:
@@ -93,9 +116,8 @@ def run_case_task(case: Case, case_dir: str, run_id: str, torch_threads: int | N
     Returns ``{"case", "status" ("done" | "skipped" | "failed"), "records", "error", "seconds"}``.
     """
     d = Path(case_dir)
-    marker = d / DONE
-    if marker.is_file():  # finished before: in an earlier run, or by an attempt whose worker then died
-        info = json.loads(marker.read_text())
+    info = _finished(d)
+    if info is not None:  # finished before: in an earlier run, or by an attempt whose worker then died
         status = "done" if info.get("run_id") == run_id else "skipped"
         return {"case": case.name, "status": status, "records": _read_records(d), "error": None,
                 "seconds": info.get("seconds")}
@@ -113,7 +135,7 @@ def run_case_task(case: Case, case_dir: str, run_id: str, torch_threads: int | N
     info = {"case": case.name, "run_id": run_id, "seconds": round(seconds, 3), "records": len(records),
             "host": socket.gethostname(), "pid": os.getpid(), "torch_threads": threads,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "job": case.to_dict()}
-    atomic_write_text(marker, json.dumps(info, indent=2, default=str) + "\n")
+    atomic_write_text(d / DONE, json.dumps(info, indent=2, default=str) + "\n")
     return {"case": case.name, "status": "done", "records": records, "error": None, "seconds": seconds}
 
 
@@ -224,7 +246,7 @@ def run_batch(manifest, out, workers: int | None = None, scheduler: str | None =
     to_run = []
     for row in rows:
         d = cases_dir / row.case_id
-        if (d / DONE).is_file():
+        if _finished(d) is not None:
             results[row.case_id] = run_case_task(row.case, str(d), run_id)
         elif row.error:  # error.txt written after the run, so a batch that cannot start writes nothing
             results[row.case_id] = {"case": row.case_id, "status": "failed", "records": [], "error": row.error,

@@ -103,12 +103,16 @@ def parse_slices(text: str) -> list[int]:
     try:
         if ":" in text:
             a, b = (int(v) for v in text.split(":", 1))
-            if b <= a:
+            if b <= a or a < 0:
                 raise ValueError
+            if b - a > MAX_SLICES:  # refused before a list of that length is built
+                raise OverflowError
             return list(range(a, b))
         return [int(text)]
     except ValueError:
-        raise ValueError(f"slices must be N or A:B with B > A, got {text!r}") from None
+        raise ValueError(f"slices must be N or A:B with 0 <= A < B, got {text!r}") from None
+    except OverflowError:
+        raise ValueError(f"slices {text!r}: more than {MAX_SLICES} slices; no volume has that many") from None
 
 
 def prepare_case(case: Case) -> PreparedCase:
@@ -117,6 +121,8 @@ def prepare_case(case: Case) -> PreparedCase:
 
     case = replace(case, params=check_run(case.methods, case.params))
     modes = expand_modes(case.modes)
+    if case.roi_margin is not None and not 0 <= int(case.roi_margin) <= MAX_ROI_MARGIN:
+        raise ValueError(f"ROI margin must be between 0 and {MAX_ROI_MARGIN} pixels, got {case.roi_margin}")
     if case.preprocess not in PRESETS:
         raise ValueError(f"unknown preprocessing {case.preprocess!r}; choose from {', '.join(PRESETS)}")
     if case.roi not in ROI_SOURCES:
@@ -199,6 +205,10 @@ def run_components(case: Case, out, ablation: str = "zero", n_fillers: int = 8) 
     write_metrics(out, records, fields, stem="components")
     save_component_chart(records, out / "components.png")
     return records
+
+
+#: Longest slice range and largest ROI margin accepted (beyond any scan; refused before allocating).
+MAX_SLICES, MAX_ROI_MARGIN = 65536, 512
 
 
 def _roi_margin(case: Case) -> int:

@@ -29,6 +29,7 @@ MANIFEST_COLUMNS = ("case", "volume", "labels", "organ", "label_names", "labels_
                     "prompt", "roi", "methods",
                     "modes", "model", "localizer", "seed", "params", "preprocess", "curves", "box_margin",
                     "roi_margin", "prompt_match")
+MAX_CASE_ID = 100  # folder names are limited to 255 bytes; leave room for suffixes
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -122,6 +123,8 @@ def _parse_row(values: dict, base: Path) -> tuple[str | None, Case]:
         except ValueError as err:
             raise ValueError(f"params: {err}") from None
     case_id = values.get("case")
+    if case_id is not None and len(case_id) > MAX_CASE_ID:
+        raise ValueError(f"case id of {len(case_id)} characters: at most {MAX_CASE_ID} (it names a folder)")
     if case_id is not None and not _CASE_ID.match(case_id):
         raise ValueError(f"case id {case_id!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
     return case_id, Case(**kw)

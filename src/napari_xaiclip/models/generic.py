@@ -38,6 +38,7 @@ class ModuleSegmenter(Segmenter):
     """
 
     def __init__(self, module, name: str = "module", device="auto", **config):
+        _check_config(name, config)
         unknown = set(config) - set(_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown segmenter options {sorted(unknown)}; known: {sorted(_DEFAULTS)}")
@@ -89,9 +90,18 @@ class ModuleSegmenter(Segmenter):
             if prompt.encoded is None:
                 prompt.encoded = self._encode(prompt)
             images = torch.cat([images, prompt.encoded.expand(images.shape[0], -1, -1, -1)], dim=1)
-        out = self.module(images)
+        try:
+            out = self.module(images)
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # shape and dtype mismatches
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ValueError(f"the model {self.name} failed on an input of shape {tuple(images.shape)} "
+                             f"(input_size {self.input_size}, {images.shape[1]} channels): {first}; set input_size "
+                             "and in_channels in its config to what it expects") from exc
         if isinstance(out, (tuple, list)):
             out = out[0]
+        if not hasattr(out, "ndim") or out.ndim not in (3, 4):
+            raise ValueError(f"the model {self.name} returned {type(out).__name__} of shape "
+                             f"{tuple(getattr(out, 'shape', ()))}; expected mask logits (B, 1, H, W) or (B, H, W)")
         if out.ndim == 4:
             if out.shape[1] != 1:
                 raise ValueError(f"model returned {out.shape[1]} channels; expected 1 (mask logits)")
@@ -128,4 +138,19 @@ def load_torchscript(path: str, device="auto") -> ModuleSegmenter:
             config = json.loads(sidecar.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"TorchScript model {p}: its config is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        _check_config(f"TorchScript model {p}", config)
     return ModuleSegmenter(module, name=f"torchscript:{path}", device=device, **config)
+
+
+def _check_config(name: str, config) -> None:
+    """A user model's config, refused with its name before any forward pass."""
+    if not isinstance(config, dict):
+        raise ValueError(f"the config of {name} must be a JSON object such as {{\"input_size\": 256}}, "
+                         f"got {type(config).__name__}")
+    for key, low, high in (("input_size", 8, 4096), ("in_channels", 1, 16)):
+        if key in config:
+            value = config[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"the config of {name}: {key} must be an integer from {low} to {high}, "
+                                 f"got {value!r}")

@@ -698,6 +698,13 @@ def section_memory(ctx):
     return head + [bench_memory.markdown(results), ""]
 
 
+def section_speed(ctx):
+    """Execution modes on LiteMedSAM and RISE's convergence stop (benchmarks/bench_speed.py)."""
+    import bench_speed
+
+    return bench_speed.run(ctx)
+
+
 def section_litemedsam(ctx):
     """LiteMedSAM: Dice (phantom, real CT) and traditional vs ROI-guided occlusion (benchmarks/bench_litemedsam.py)."""
     import bench_litemedsam
@@ -708,7 +715,7 @@ def section_litemedsam(ctx):
 SECTIONS = {"models": section_models, "table3": section_table3, "engine": section_engine,
             "adaptive": section_adaptive, "rise_memory": section_rise_memory,
             "randomisation": section_randomisation, "companions": section_companions, "batch": section_batch,
-            "memory": section_memory, "litemedsam": section_litemedsam}
+            "memory": section_memory, "litemedsam": section_litemedsam, "speed": section_speed}
 #: the "## " headings each section writes (earlier titles too, so a rerun replaces them)
 SECTION_TITLES = {
     "models": ["Models"], "table3": ["Table III analog: traditional vs ROI-guided"], "engine": ["Engine overhead"],
@@ -717,6 +724,7 @@ SECTION_TITLES = {
     "companions": ["ExplainSeg masks from relevance", "Causal (PdCR) vs SegX vs occlusion"],
     "batch": ["Batch throughput (`xaiclip batch`, local Dask cluster)"], "memory": ["Memory"],
     "litemedsam": ["LiteMedSAM (default segmenter)"],
+    "speed": ["Execution modes and RISE's convergence stop"],
 }
 #: results.json keys each section owns (earlier names too, dropped when the section is rerun)
 SECTION_KEYS = {
@@ -725,7 +733,7 @@ SECTION_KEYS = {
                "table3_rounds"],
     "engine": ["engine"], "adaptive": ["adaptive"], "rise_memory": ["rise_memory"],
     "randomisation": ["randomisation", "randomisation_data"], "companions": ["explainseg", "companions"], "batch": ["batch"],
-    "memory": ["memory"], "litemedsam": ["litemedsam"],
+    "memory": ["memory"], "litemedsam": ["litemedsam"], "speed": ["speed"],
 }
 
 

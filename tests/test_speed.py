@@ -124,7 +124,8 @@ def test_compiled_forward_failing_later_falls_back(monkeypatch):
     report = apply_speed(seg, "compile", cache_dir=tempfile.mkdtemp())
     assert report.chosen == "compile"
     out = _logits(seg, x)
-    assert report.chosen == "eager" and "failed at run time (RuntimeError: recompile failed)" in report.reasons[-1]
+    assert report.chosen == "eager" and "failed at run time" in report.reasons[-1]
+    assert "recompile failed" in report.reasons[-1]
     seg.__dict__.pop("_speed")
     assert torch.equal(out, _logits(seg, x))
 

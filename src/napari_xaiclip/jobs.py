@@ -80,6 +80,7 @@ class Case:
     curves: bool = True
     name: str = ""
     series: str | None = None
+    speed: str = "eager"   # execution mode of the segmenter's forwards: auto, eager, compile, bf16
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,6 +128,10 @@ def prepare_case(case: Case) -> PreparedCase:
         raise ValueError(f"unknown preprocessing {case.preprocess!r}; choose from {', '.join(PRESETS)}")
     if case.roi not in ROI_SOURCES:
         raise ValueError(f"--roi must be one of {', '.join(ROI_SOURCES)}, got {case.roi!r}")
+    from .models.speed import MODES as SPEED_MODES
+
+    if case.speed not in SPEED_MODES:
+        raise ValueError(f"--speed must be one of {', '.join(SPEED_MODES)}, got {case.speed!r}")
     if case.prompt_match not in ("exact", "similar"):
         raise ValueError(f"--prompt-match must be exact or similar, got {case.prompt_match!r}")
     if "roi" in modes and case.roi == "none":
@@ -292,15 +297,19 @@ def run_case(case: Case, out: str | os.PathLike, on_progress=None, segmenter=Non
     with level "warning" or "note" for what the user must see (also in every record).
     """
     from .models import load_localizer, load_segmenter
+    from .models.speed import ensure_speed
     from .provenance import model_provenance
     from .reports import save_figure, write_metrics
 
     prep = prepare_case(case)
+    say = on_message or (lambda level, text: None)
     seg = segmenter or load_segmenter(case.model)
+    speed = ensure_speed(seg, case.speed)   # probes (and compiles) once per loaded model
+    if case.speed != "eager":
+        say("note", f"speed {case.speed}: {speed.chosen} ({'; '.join(speed.reasons)})")
     loc = localizer
     if loc is None and case.roi == "localizer" and "roi" in prep.modes:
         loc = load_localizer(case.localizer)
-    say = on_message or (lambda level, text: None)
     warnings = _warnings_before_work(prep, seg, loc, say)
     prep.provenance = {**model_provenance(seg, loc), **(prep.prompt.to_record() if prep.prompt else {})}
     out = Path(out)

@@ -28,8 +28,13 @@ def is_phantom_trained(model) -> bool:
 
 
 def model_provenance(segmenter=None, localizer=None) -> dict:
-    """Flat record fields naming the models and what they were trained on."""
+    """Flat record fields naming the models, what they were trained on, and the segmenter's execution
+    mode (``speed_*``, see :mod:`napari_xaiclip.models.speed`)."""
     out = {}
+    if segmenter is not None:
+        from .models.speed import speed_record
+
+        out.update(speed_record(segmenter))   # eager / bf16 / compile, and why
     for role, model in (("segmenter", segmenter), ("localizer", localizer)):
         if model is None:
             continue

@@ -32,6 +32,11 @@ def add_case_arguments(p, slice_required: bool = False) -> None:
     p.add_argument("--model", default="default",
                    help="segmenter: default (LiteMedSAM, a real medical model), phantom (tiny demo SAM, "
                         "phantom-trained), litemedsam:PATH, medsam:PATH, sam:vit_b:PATH, ...")
+    p.add_argument("--speed", default="eager", choices=("auto", "eager", "compile", "bf16"),
+                   help="execution mode of the segmenter's no-grad forwards: eager (fp32, default), bf16 "
+                        "(autocast where the hardware has native bf16, checked against fp32 on a probe), "
+                        "compile (torch.compile, cached; the first compile takes minutes on a CPU), auto "
+                        "(bf16 where supported; on CUDA also compile); recorded as speed_* in metrics.json")
     p.add_argument("--preprocess", default="none", choices=PRESETS, help="slice preprocessing before the models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--box-margin", type=int, default=0, help="pixels added around a box taken from labels")
@@ -45,4 +50,5 @@ def case_from_args(args, **extra):
     return Case(volume=args.volume, slices=slices, axis=args.axis, box=tuple(args.box) if args.box else None,
                 labels=args.labels, organ=args.organ, label_names=args.label_names,
                 labels_threshold=args.labels_threshold, model=args.model, preprocess=args.preprocess,
-                seed=args.seed, box_margin=args.box_margin, series=getattr(args, "series", None), **extra)
+                seed=args.seed, box_margin=args.box_margin, series=getattr(args, "series", None),
+                speed=getattr(args, "speed", "eager"), **extra)

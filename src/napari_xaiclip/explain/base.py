@@ -253,6 +253,10 @@ def finish(ctx: Context, method: str, params: dict, heatmap_model: torch.Tensor 
     rho = None if not n_patch_full else n_patch / n_patch_full
     gflops = float(ctx.seg.gflops) * (ctx.n_forward + 2 * backward_passes)
     info = dict(info or {})
+    from ..models.speed import speed_report
+
+    if speed_report(ctx.seg) is not None:   # the forwards ran in this execution mode
+        info["speed"] = speed_report(ctx.seg).to_record()
     if ctx.warnings:
         info["warnings"] = list(ctx.warnings)
     return Explanation(

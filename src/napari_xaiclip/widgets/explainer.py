@@ -162,7 +162,7 @@ class ExplainerWidget(QWidget):
         return {"volume": volume, "layer": layer, "axis": axis, "indices": indices, "modes": modes, "target": target,
                 "method": method, "params": params, "jobs": jobs, "spec": self.model.spec(),
                 "is_phantom": layer_is_phantom(layer),
-                "device": self.model.device_name(), "batch": self.batch.value() or "auto",
+                "device": self.model.device_name(), "speed": self.model.speed_mode(), "batch": self.batch.value() or "auto",
                 "seed": self.seed.value(), "curves": self.curves.isChecked()}
 
     def _score_map(self, axis, index):
@@ -273,6 +273,10 @@ def _make_worker(job):
 
     def work():
         seg = load_segmenter(job["spec"], job["device"])
+        from ..models.speed import ensure_speed
+
+        batch = job.get("batch", "auto")   # compile compiles for the run's batch size
+        ensure_speed(seg, job.get("speed", "eager"), batch=None if batch in (None, "auto") else int(batch))
         warnings = phantom_warnings(job["is_phantom"], seg)
         for w in warnings:
             yield 0, 1000, w

@@ -96,6 +96,12 @@ class SegmenterChoice(QWidget):
         self.variant.addItems(["vit_b", "vit_l", "vit_h"])
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        self.speed = QComboBox()
+        self.speed.addItems(["eager", "auto", "bf16", "compile"])
+        self.speed.setToolTip("How the segmenter's forward passes run: eager (fp32); bf16 (where the hardware "
+                              "has it, checked against fp32 first); compile (torch.compile: minutes the first "
+                              "time on a CPU, cached afterwards); auto (bf16 where supported; on a GPU also "
+                              "compile). Gradient methods always run eager. Recorded with every result.")
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Model", self.kind)
@@ -103,6 +109,7 @@ class SegmenterChoice(QWidget):
         form.addRow("Weights", self.path)
         form.addRow("SAM variant", self.variant)
         form.addRow("Device", self.device)
+        form.addRow("Speed", self.speed)
         self.kind.currentIndexChanged.connect(self._update)
         self.kind.activated.connect(self._picked)
         self._update()
@@ -168,6 +175,9 @@ class SegmenterChoice(QWidget):
 
     def device_name(self) -> str:
         return self.device.currentText()
+
+    def speed_mode(self) -> str:
+        return self.speed.currentText()
 
 
 class LocalizerChoice(QWidget):

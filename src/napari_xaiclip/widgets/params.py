@@ -44,7 +44,7 @@ class ParamForm(QWidget):
         elif isinstance(w, QComboBox):
             w.setCurrentText(AUTO if value is None else str(value))
         else:
-            w.setValue(0 if value is None else value)
+            w.setValue(w.minimum() if value is None else value)   # the minimum reads "auto"
 
 
 def _editor(param: Param):

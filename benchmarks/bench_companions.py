@@ -41,19 +41,19 @@ def _comparison_rows(ctx):
     from napari_xaiclip.explain.segx import segu
     from napari_xaiclip.metrics import pointing_game
     from napari_xaiclip.pipeline import box_from_mask
+    from napari_xaiclip.slicing import filler_slices
     from scipy import ndimage
 
     rows = {m: [] for m in ("occlusion", "segx", "causal", "trivial")}
     for case in ctx["cases"]:
         box = box_from_mask(case["gt"])
         near = ndimage.binary_dilation(case["gt"], iterations=10) & ~case["gt"]  # a 10 px ring around the organ
-        bank = [case["volume"][z] for z in np.linspace(0, len(case["volume"]) - 1, 9).round().astype(int)
-                if z != case["slice"]][:8]
+        bank = filler_slices(case["volume"], 0, case["slice"])
         maps = {
             "occlusion": explain("occlusion", ctx["seg"], case["image"], box=box),
             "segx": explain("segx", ctx["seg"], case["image"], box=box),
             "causal": explain("causal", ctx["seg"], case["image"], box=box, bank_slices=bank,
-                              n_fillers=20 if ctx["quick"] else 50),
+                              n_samples=20 if ctx["quick"] else 50),
         }
         x0, y0, x1, y1 = box
         trivial = np.zeros(case["gt"].shape, np.float32)

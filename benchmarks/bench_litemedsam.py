@@ -259,8 +259,21 @@ def markdown(res: dict) -> list[str]:
         markdown_table(res["occlusion"], occ_cols,
                        ["slice", "mode", "ROI", "forwards", "windows", "windows (full)", "seconds", "GFLOPs",
                         "deletion AUC", "insertion AUC", "Dice vs ref"]), "",
+        *trivial_lines(res),
         markdown_table(res["occlusion_ratios"], ["slice", "forward_ratio", "time_ratio"],
                        ["slice", "traditional / ROI forwards", "traditional / ROI seconds (measured)"]), "",
         f"Dice parts took {res['dice_seconds']:.0f} s, the occlusion runs (with their curves) "
         f"{res['occlusion_seconds']:.0f} s: " + ", ".join(f"{r['slice']} {r['mode']} {r['wall_s_with_curves']:.0f} s"
                                                           for r in res["occlusion"]) + ".", ""]
+
+
+def trivial_lines(res: dict) -> list[str]:
+    """The trivial map's AUCs beside the ROI-guided ones (benchmarks/litemedsam_trivial.py), if measured."""
+    rows = res.get("trivial")
+    if not rows:
+        return ["Trivial baseline (a map constant inside the same ROI): not measured in this run; "
+                "`python benchmarks/litemedsam_trivial.py` adds it.", ""]
+    return ["The trivial map (constant inside the same ROI) on the same slices, same curves "
+            "(`python benchmarks/litemedsam_trivial.py`):", "",
+            markdown_table(rows, ["slice", "trivial_deletion_auc", "trivial_insertion_auc"],
+                           ["slice", "trivial deletion AUC", "trivial insertion AUC"]), ""]

@@ -92,7 +92,7 @@ class ModuleSegmenter(Segmenter):
             images = torch.cat([images, prompt.encoded.expand(images.shape[0], -1, -1, -1)], dim=1)
         try:
             out = self.module(images)
-        except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # shape and dtype mismatches
+        except (RuntimeError, TypeError, IndexError) as exc:  # shape and dtype mismatches (torch raises these)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise ValueError(f"the model {self.name} failed on an input of shape {tuple(images.shape)} "
                              f"(input_size {self.input_size}, {images.shape[1]} channels): {first}; set input_size "

@@ -52,6 +52,11 @@ def _os_message(exc: OSError) -> str:
     return f"{where}{exc.strerror or _one_line(exc)}"
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """A library's warning as one ``warning:`` line, when it happens (not a source excerpt)."""
+    print(f"warning: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
 def _interrupt(signum, frame):
     # SIGTERM/SIGHUP unwind like Ctrl-C, so staging folders are removed on the way out
     raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -64,13 +69,10 @@ def main(argv=None) -> int:
     in_main = threading.current_thread() is threading.main_thread()  # signals can only be caught there
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)} if in_main else {}
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings():  # restores the process's warning settings afterwards
             warnings.simplefilter("default")
-            try:
-                return int(args.func(args) or 0)
-            finally:
-                for text in dict.fromkeys(_one_line(w.message) for w in caught):
-                    print(f"warning: {text}", file=sys.stderr)
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except (UsageError, ValueError) as exc:
         if args.debug:
             raise

@@ -279,13 +279,17 @@ def test_a_damaged_done_marker_reruns_that_case_and_no_other(batch, cohort, tmp_
     _, out, _ = batch
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    first, second = (cid for cid, _, _ in CASES[:2])
+    first, second, third = (cid for cid, _, _ in CASES[:3])
     (copy / "cases" / first / "done.json").write_text("")
     (copy / "cases" / second / "metrics.json").write_text("{not json")
+    rows = json.loads((copy / "cases" / third / "metrics.json").read_text())
+    (copy / "cases" / third / "metrics.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "mode"}
+                                                                     for r in rows]))
     again = run_batch(cohort / "four.csv", copy, workers=1, progress=False)
-    assert (again["done"], again["skipped"], again["failed"]) == (2, 2, 0)
+    assert (again["done"], again["skipped"], again["failed"]) == (3, 1, 0)
     err = capsys.readouterr().err
     assert f"{first}/done.json: unreadable" in err and f"{second}/metrics.json: unreadable" in err
+    assert f"{third}/metrics.json: records without method or mode" in err
     assert json.loads((copy / "cases" / first / "done.json").read_text())["case"] == first
 
 

@@ -106,3 +106,69 @@ def test_a_terminated_run_leaves_no_staging_folder(ct, tmp_path, sig):
     assert proc.returncode == 130
     assert f"interrupted by {sig.name}" in err.strip().splitlines()[-1]
     assert not any(out.glob(f"{PARTIAL_PREFIX}*"))
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--box", "-1e308", "4", "20", "20"], "box"),
+    (["--box", "-inf", "4", "20", "20"], "box"),
+    (["--slices", "-1:2"], "slice"),
+], ids=["box-1e308", "box-inf", "slices-1:2"])
+def test_negative_values_are_values_not_options(ct, tmp_path, capsys, args, says):
+    """argparse would read ``-1e308`` or ``-1:2`` as an unknown option; they are values with their own error."""
+    case = [a for a in CASE if a not in ("--slice", "1")] if args[0] == "--slices" else list(CASE)
+    if args[0] == "--box":
+        i = case.index("--box")
+        del case[i:i + 5]
+    out = tmp_path / "out"
+    assert main(["explain", str(ct), *case, *args, "--out", str(out)]) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and err[0].startswith("error:") and says in err[0].lower(), err
+    assert "unrecognized" not in err[0] and "expected" not in err[0], err
+    assert not out.exists()
+
+
+def test_a_busy_out_folder_is_refused_and_left_as_it_was(ct, tmp_path, capsys):
+    from napari_xaiclip.jobs import claimed_output
+
+    out = tmp_path / "out"
+    with claimed_output(out):   # another run holds the folder
+        assert main(["explain", str(ct), *CASE, "--out", str(out)]) == 2
+        err = _err(capsys)
+        assert len(err) == 1 and "another xaiclip run is writing into" in err[0], err
+        assert [p.name for p in out.iterdir()] == [".xaiclip.lock"]
+    assert out.is_dir() and not any(out.iterdir())   # the lock goes with the run that held it
+    assert main(["explain", str(ct), *CASE, "--out", str(out)]) == 0   # free again
+
+
+def test_a_late_error_leaves_no_empty_out_folder(ct, tmp_path, capsys, monkeypatch):
+    import napari_xaiclip.jobs as jobs
+
+    def fail(*args, **kwargs):
+        raise ValueError("found late")
+
+    monkeypatch.setattr(jobs, "_run", fail)
+    out = tmp_path / "new" / "out"
+    assert main(["explain", str(ct), *CASE, "--out", str(out)]) == 2
+    assert _err(capsys) == ["error: found late"]
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert main(["explain", str(ct), *CASE, "--out", str(kept)]) == 2
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]   # a folder it did not create stays
+
+
+def test_a_rerun_with_other_methods_replaces_the_results_as_a_set(ct, tmp_path, capsys):
+    out = tmp_path / "out"
+    (tmp_path / "out").mkdir()
+    (out / "notes.txt").write_text("mine")
+    two = [*CASE, "--method", "occlusion", "gradcam"]
+    assert main(["explain", str(ct), *two, "--out", str(out)]) == 0
+    assert (out / "gradcam-traditional.nii.gz").is_file() and (out / "gradcam-traditional.png").is_file()
+    capsys.readouterr()
+    assert main(["explain", str(ct), *CASE, "--method", "occlusion", "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["metrics.csv", "metrics.json", "notes.txt", "occlusion-traditional.nii.gz",
+                     "occlusion-traditional.png", "segmentation.nii.gz"], names
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert any("removed 2 file(s)" in n and "gradcam-traditional.nii.gz" in n for n in notes), notes

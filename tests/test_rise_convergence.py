@@ -2,7 +2,8 @@
 
 Checks that can be done by hand: off, the map is the plain weighted mask sum bit for bit; on, a
 run that stops after n masks is the plain run with n_samples = n (the masks come in the same
-order); the earliest stop is the third checkpoint; bad values are refused by the registry.
+order); the stop compares two independent halves of the masks (even and odd draw index), each
+rebuilt here by hand; bad values are refused by the registry.
 """
 
 from __future__ import annotations
@@ -67,14 +68,12 @@ def test_a_stopped_run_is_the_plain_run_with_the_masks_used(setup, roi):
     counter.reset()
     stopped = explain("rise", seg, sl, n_samples=5000, stop_iou=0.9, check_every=50, **kw)
     used = stopped.info["n_samples_used"]
-    assert 150 <= used < 5000 and used % 50 == 0   # batches of 25 end on every checkpoint
+    assert 50 <= used < 5000 and used % 50 == 0   # batches of 25 end on every checkpoint
     assert stopped.info["stop_reason"].startswith("converged")
     assert stopped.n_forward == used + 1 == counter.images   # only the passes made are counted
     ious = [iou for _, iou in stopped.info["checkpoints"]]
     assert [m for m, _ in stopped.info["checkpoints"]] == list(range(50, used + 1, 50))
-    assert ious[0] is None and ious[-1] >= 0.9 and ious[-2] >= 0.9
-    pairs = list(zip(ious[1:-1], ious[2:]))   # consecutive IoUs; the last pair is the stop
-    assert not any(a >= 0.9 and b >= 0.9 for a, b in pairs[:-1])
+    assert ious[-1] >= 0.9 and all(v < 0.9 for v in ious[:-1])   # the first checkpoint that agrees
     plain = explain("rise", seg, sl, n_samples=used, **kw)
     assert np.array_equal(stopped.heatmap, plain.heatmap)
     assert np.array_equal(stopped.maps["relevance"], plain.maps["relevance"])
@@ -83,27 +82,49 @@ def test_a_stopped_run_is_the_plain_run_with_the_masks_used(setup, roi):
         assert np.all(stopped.heatmap[~region] == 0)
 
 
-def test_never_before_the_third_checkpoint(setup):
+def test_split_half_iou_by_hand(setup):
+    """The IoU at each checkpoint is the top-20 % IoU of RISE maps of the even- and the odd-index masks."""
     seg, sl, w = setup
-    # any IoU passes a threshold of 1e-6: the stop is at the third checkpoint, the first with two IoUs
+    target = LinearProbTarget(w)
+    ex = explain("rise", seg, sl, target=target, n_samples=120, stop_iou=1.0, check_every=40, batch_size=20,
+                 cells=5, seed=4)
+    ctx = Context(seg, sl, target=target, batch_size=20, seed=4)
+    gen = ctx.generator()
+    masks = torch.cat([rise_masks(20, S, 5, 0.5, gen) for _ in range(6)]).double()
+    scores = torch.cat([ctx.score(ctx.x[None] * masks[i:i + 20, None].float()).double() for i in range(0, 120, 20)])
+    expected = []
+    for done in (40, 80, 120):
+        even = torch.einsum("b,bij->ij", scores[:done:2], masks[:done:2])
+        odd = torch.einsum("b,bij->ij", scores[1:done:2], masks[1:done:2])
+        k = int(np.ceil(0.2 * S * S))
+        a = set(torch.topk(even.reshape(-1), k).indices.tolist())
+        b = set(torch.topk(odd.reshape(-1), k).indices.tolist())
+        expected.append([done, round(len(a & b) / len(a | b), 6)])
+    assert ex.info["checkpoints"] == expected
+    assert ex.info["n_samples_used"] == 120 and ex.info["stop_reason"].startswith("n_samples reached (120)")
+
+
+def test_can_stop_at_the_first_checkpoint(setup):
+    seg, sl, w = setup
+    # any IoU passes a threshold of 1e-6: the halves are compared at the first checkpoint and agree
     ex = explain("rise", seg, sl, target=LinearProbTarget(w), n_samples=1000, stop_iou=1e-6, check_every=40,
                  batch_size=20)
-    assert ex.info["n_samples_used"] == 120 and ex.n_forward == 121
-    assert [m for m, _ in ex.info["checkpoints"]] == [40, 80, 120]
+    assert ex.info["n_samples_used"] == 40 and ex.n_forward == 41
+    assert [m for m, _ in ex.info["checkpoints"]] == [40]
 
 
 def test_checkpoints_at_the_batch_that_reaches_each_multiple(setup):
     seg, sl, w = setup
     # batches of 32 end at 32, 64, ...: the checks fall at 64 (>= 50), 128 (>= 100), 160 (>= 150), ...
-    ex = explain("rise", seg, sl, target=LinearProbTarget(w), n_samples=1000, stop_iou=1e-6, check_every=50,
+    ex = explain("rise", seg, sl, target=LinearProbTarget(w), n_samples=200, stop_iou=1.0, check_every=50,
                  batch_size=32)
-    assert [m for m, _ in ex.info["checkpoints"]] == [64, 128, 160]
-    assert ex.info["n_samples_used"] == 160 and ex.n_forward == 161
+    assert [m for m, _ in ex.info["checkpoints"]][:3] == [64, 128, 160]
+    assert ex.info["n_samples_used"] == 200 and ex.n_forward == 201
 
 
 def test_too_few_masks_to_converge(setup):
     seg, sl, w = setup
-    ex = explain("rise", seg, sl, target=LinearProbTarget(w), n_samples=100, stop_iou=0.5, check_every=40,
+    ex = explain("rise", seg, sl, target=LinearProbTarget(w), n_samples=100, stop_iou=1.0, check_every=40,
                  batch_size=20)
     assert ex.info["n_samples_used"] == 100 and ex.n_forward == 101
     assert ex.info["stop_reason"].startswith("n_samples reached (100)")
@@ -118,13 +139,12 @@ def test_convergence_rule_by_hand():
     b = a.clone()
     b[3, 3], b[0, 0] = -1.0, 100.0                # one of the 4 swapped: IoU 3 / 5
     rule = _Convergence(0.59, every=10, region=region)
-    assert not rule(5, a)                         # not a checkpoint yet
-    assert not rule(10, a) and rule.history == [[10, None]]
-    assert not rule(20, b) and rule.history[-1] == [20, 0.6]
-    assert rule(30, b) and rule.history[-1] == [30, 1.0]
-    assert "0.600 at 20 and 1.000 at 30" in rule.reason(30, 100)
+    assert not rule.due(5) and rule.due(10)       # not a checkpoint yet, then one
+    assert rule(10, a, b) and rule.history == [[10, 0.6]]
+    assert "agree at top-20 % IoU 0.600 >= 0.59" in rule.reason(10, 100)
     strict = _Convergence(0.61, every=10, region=region)
-    assert not any(strict(n, m) for n, m in ((10, a), (20, b), (30, b)))
+    assert not strict(10, a, b) and not strict.due(15) and strict.due(20)
+    assert strict(20, a, a) and strict.history == [[10, 0.6], [20, 1.0]]
 
 
 @pytest.mark.parametrize("value", [0, 0.0, -0.5, 1.0001, 2])

@@ -334,3 +334,24 @@ def test_compile_makes_one_graph(cache_env):
             for x in (outside, inside, outside[:, :, :, :]):
                 seg.logits(x, prompt)
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_auto_chooses_per_device_from_the_measured_map_tolerance():
+    """auto: fp32 compile on CUDA (bf16 moved the maps there), bf16 on a CPU, eager elsewhere."""
+    import torch
+
+    from napari_xaiclip.models.speed import SpeedReport, _auto_steps
+
+    for device, steps, says in (("cuda", ["compile"], "bf16 only when asked"), ("cpu", ["bf16"], "never compiles"),
+                                ("mps", [], "keeps mps in eager")):
+        report = SpeedReport(requested="auto")
+        assert _auto_steps(torch.device(device), report) == steps
+        assert says in report.reasons[-1]
+
+
+def test_the_command_and_the_gui_default_to_auto():
+    from napari_xaiclip.cli import build_parser
+    from napari_xaiclip.jobs import Case
+
+    args = build_parser().parse_args(["explain", "ct.nii.gz", "--out", "o"])
+    assert args.speed == "auto" and Case(volume="ct.nii.gz").speed == "auto"

@@ -84,10 +84,27 @@ def _finished(case_dir: Path) -> dict | None:
         return None
     info = _read_json(marker, None)
     metrics = case_dir / "metrics.json"
-    if not isinstance(info, dict) or (metrics.is_file() and _read_json(metrics, None) is None):
+    if not isinstance(info, dict) or (metrics.is_file() and not _valid_records(_read_json(metrics, None),
+                                                                               metrics)):
         marker.unlink(missing_ok=True)
         return None
     return info
+
+
+#: Fields every stored record needs for the summary and the aggregates.
+RECORD_KEYS = ("method", "mode")
+
+
+def _valid_records(records, path: Path) -> bool:
+    """Whether stored metrics are a list of records with :data:`RECORD_KEYS` (warns naming the file if not)."""
+    if records is None:
+        return False   # _read_json has warned
+    bad = not isinstance(records, list) or not all(
+        isinstance(r, dict) and all(k in r for k in RECORD_KEYS) for r in records)
+    if bad:
+        print(f"warning: {path}: records without {' or '.join(RECORD_KEYS)}; the case is run again",
+              file=sys.stderr)
+    return not bad
 
 
 def _record_failure(case_dir: Path, message: str, details: str = "") -> None:

@@ -15,6 +15,7 @@ NRRD sources get a ``.nrrd`` copy of every volume too.
 from __future__ import annotations
 
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from .io import Volume, load_volume
-from .outputs import LABEL_VALUE, ROI_STEM, SEGMENTATION_STEM, figure_name, heatmap_stem, write_volume
+from .outputs import (LABEL_VALUE, ROI_STEM, SEGMENTATION_STEM, figure_name, heatmap_stem, is_result_name,
+                      write_volume)
 from .labels import label_table, load_organ_labels, organ_value
 from .pipeline import COST_FIELDS, METRIC_FIELDS, ROI_FIELDS, box_from_mask, expand_modes, iter_explain_slice, localize, with_filler_bank
 from .preprocess import PRESETS, apply_preset
@@ -80,7 +82,7 @@ class Case:
     curves: bool = True
     name: str = ""
     series: str | None = None
-    speed: str = "eager"   # execution mode of the segmenter's forwards: auto, eager, compile, bf16
+    speed: str = "auto"   # execution mode of the segmenter's forwards: auto, eager, compile, bf16
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -203,12 +205,14 @@ def run_components(case: Case, out, ablation: str = "zero", n_fillers: int = 8) 
     image, box, _ = slice_box_and_gt(prep, index)
     fillers = (filler_slices(prep.volume.data, case.axis, index, n_fillers, _preparation(case))
                if ablation == "mean" else None)
-    records = component_effects(load_segmenter(case.model), image, box=box, mode=ablation, filler_slices=fillers)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    fields = ["component", "kind", "mode", "target", "target_base", "target_ablated", "ate_dice", "ate", "n_forward"]
-    write_metrics(out, records, fields, stem="components")
-    save_component_chart(records, out / "components.png")
+    with claimed_output(out):   # before the model work: a bad or busy --out fails at once
+        records = component_effects(load_segmenter(case.model), image, box=box, mode=ablation,
+                                    filler_slices=fillers)
+        fields = ["component", "kind", "mode", "target", "target_base", "target_ablated", "ate_dice", "ate",
+                  "n_forward"]
+        write_metrics(out, records, fields, stem="components")
+        save_component_chart(records, out / "components.png")
     return records
 
 
@@ -303,26 +307,88 @@ def run_case(case: Case, out: str | os.PathLike, on_progress=None, segmenter=Non
 
     prep = prepare_case(case)
     say = on_message or (lambda level, text: None)
-    seg = segmenter or load_segmenter(case.model)
-    speed = ensure_speed(seg, case.speed)   # probes (and compiles) once per loaded model
-    if case.speed != "eager":
-        say("note", f"speed {case.speed}: {speed.chosen} ({'; '.join(speed.reasons)})")
-    loc = localizer
-    if loc is None and case.roi == "localizer" and "roi" in prep.modes:
-        loc = load_localizer(case.localizer)
-    warnings = _warnings_before_work(prep, seg, loc, say)
-    prep.provenance = {**model_provenance(seg, loc), **(prep.prompt.to_record() if prep.prompt else {})}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(out)
-    stage = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", dir=out))
-    try:
-        records = _run(prep, seg, loc, stage, on_progress, save_figure, warnings, say)
-        write_metrics(stage, records, CASE_FIELDS)
-        _promote(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    with claimed_output(out):   # before any model work: a bad or busy --out fails at once
+        seg = segmenter or load_segmenter(case.model)
+        speed = ensure_speed(seg, case.speed)   # probes (and compiles) once per loaded model
+        if case.speed not in ("eager", "auto") or speed.chosen != _asked(case.speed, speed):
+            say("note", f"speed {case.speed}: {speed.chosen} ({'; '.join(speed.reasons)})")
+        loc = localizer
+        if loc is None and case.roi == "localizer" and "roi" in prep.modes:
+            loc = load_localizer(case.localizer)
+        warnings = _warnings_before_work(prep, seg, loc, say)
+        prep.provenance = {**model_provenance(seg, loc), **(prep.prompt.to_record() if prep.prompt else {})}
+        remove_stale_staging(out)
+        stage = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", dir=out))
+        try:
+            records = _run(prep, seg, loc, stage, on_progress, save_figure, warnings, say)
+            write_metrics(stage, records, CASE_FIELDS)
+            removed = _promote(stage, out)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    if removed:
+        say("note", f"removed {len(removed)} file(s) an earlier run wrote into {out} that this run does not "
+                    f"replace: {', '.join(removed)}")
     return records
+
+
+def _asked(requested: str, report) -> str:
+    """The mode a request should end in when nothing fell back (auto: whatever it chose)."""
+    return report.chosen if requested == "auto" else requested
+
+
+#: The lock file of the run writing into an output folder (removed when the run ends).
+LOCK_NAME = ".xaiclip.lock"
+
+
+@contextlib.contextmanager
+def claimed_output(out: Path):
+    """Create ``out`` if needed and hold its lock while the block runs.
+
+    Another run holding the lock is a ValueError (two runs would mix their files). If the block
+    fails, a folder this call created is removed again when nothing was left in it.
+    """
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out)
+    try:
+        yield out
+    except BaseException:
+        _unlock(lock)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()   # only when empty
+        raise
+    else:
+        _unlock(lock)
+
+
+def _lock(out: Path):
+    try:
+        import fcntl
+    except ImportError:   # Windows: no advisory locks, no check
+        return None
+    path = out / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ValueError(f"another xaiclip run is writing into {out}; wait for it to finish or choose another "
+                         "--out") from None
+    return fd, path
+
+
+def _unlock(lock) -> None:
+    if lock is None:
+        return
+    import fcntl
+
+    fd, path = lock
+    with contextlib.suppress(OSError):
+        path.unlink()
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 #: Staging folders are named ``<prefix><pid>-<random>``: a rerun can tell a dead run's from a live one's.
@@ -395,7 +461,20 @@ def _run(prep: PreparedCase, seg, loc, stage: Path, on_progress, save_figure, wa
     return records
 
 
-def _promote(stage: Path, out: Path) -> None:
-    """Move finished files from the staging folder into ``out`` (each rename is atomic)."""
-    for f in sorted(stage.iterdir()):
-        os.replace(f, out / f.name)
+def _promote(stage: Path, out: Path) -> list[str]:
+    """Move finished files from the staging folder into ``out`` (each rename is atomic), then remove
+    the results of an earlier run that this one did not replace; returns their names.
+
+    Only names of the output scheme (:func:`~napari_xaiclip.outputs.is_result_name`) are removed, so
+    the folder's results always belong to one run; other files in ``out`` are never touched.
+    """
+    new = sorted(f.name for f in stage.iterdir())
+    for name in new:
+        os.replace(stage / name, out / name)
+    removed = []
+    for f in sorted(out.iterdir()):
+        if f.name not in new and f.is_file() and is_result_name(f.name):
+            with contextlib.suppress(OSError):
+                f.unlink()
+                removed.append(f.name)
+    return removed

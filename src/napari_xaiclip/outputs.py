@@ -23,7 +23,7 @@ import numpy as np
 from .io import Volume, save_volume, to_source_order
 
 __all__ = ["LABEL_VALUE", "METRICS_STEM", "ROI_STEM", "SEGMENTATION_STEM", "figure_name", "figure_name_for",
-           "heatmap_stem", "unique_stem", "write_volume"]
+           "heatmap_stem", "is_result_name", "unique_stem", "write_volume"]
 
 #: Value of the ROI and of the segmentation in label outputs (and in the GUI's labels layers).
 LABEL_VALUE = 1
@@ -46,6 +46,18 @@ def figure_name_for(stem: str, index: int | None = None) -> str:
     """PNG name of the figure of the heatmap saved as ``<stem>.nii.gz``."""
     suffix = "" if index is None else f"-s{int(index)}"
     return f"{stem}{suffix}.png"
+
+
+def is_result_name(name: str) -> bool:
+    """Whether ``name`` is a file name this scheme gives a job's result (for any registered method)."""
+    import re
+
+    from .explain import method_names
+
+    methods = "|".join(re.escape(m) for m in method_names())
+    volume = r"\.(nii\.gz|nrrd)"
+    return bool(re.fullmatch(rf"({ROI_STEM}|{SEGMENTATION_STEM}){volume}|{METRICS_STEM}\.(csv|json)"
+                             rf"|({methods})-(roi|traditional)({volume}|(-s\d+)?\.png)", name))
 
 
 def unique_stem(stem: str, taken: set) -> str:

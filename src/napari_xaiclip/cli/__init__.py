@@ -9,6 +9,7 @@ are left behind.
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import threading
@@ -25,8 +26,18 @@ COMMANDS = (gui.add, demo.add, explain.add, batch.add, components.add, models.ad
             train.add_localizer)
 
 
+#: Arguments argparse must read as values, not options: negative numbers in any float spelling
+#: (``-1e308``, ``-.5``, ``-inf``) and slice ranges (``-1:2``), so a bad value gets the value's own error.
+NEGATIVE_VALUE = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|infinity|nan)$|^-\d*:-?\d*(:-?\d*)?$",
+                            re.IGNORECASE)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the command's error contract: one ``error:`` line and exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_VALUE
 
     def error(self, message):
         print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)

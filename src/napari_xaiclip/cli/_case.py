@@ -32,11 +32,12 @@ def add_case_arguments(p, slice_required: bool = False) -> None:
     p.add_argument("--model", default="default",
                    help="segmenter: default (LiteMedSAM, a real medical model), phantom (tiny demo SAM, "
                         "phantom-trained), litemedsam:PATH, medsam:PATH, sam:vit_b:PATH, ...")
-    p.add_argument("--speed", default="eager", choices=("auto", "eager", "compile", "bf16"),
-                   help="execution mode of the segmenter's no-grad forwards: eager (fp32, default), bf16 "
-                        "(autocast where the hardware has native bf16, checked against fp32 on a probe), "
-                        "compile (torch.compile, cached; the first compile takes minutes on a CPU), auto "
-                        "(bf16 where supported; on CUDA also compile); recorded as speed_* in metrics.json")
+    p.add_argument("--speed", default="auto", choices=("auto", "eager", "compile", "bf16"),
+                   help="execution mode of the segmenter's no-grad forwards: auto (default: bf16 on a CPU "
+                        "with native bf16, fp32 torch.compile on CUDA, else eager), eager (fp32 as loaded), "
+                        "bf16 (autocast where the hardware has native bf16, checked against fp32 on a probe), "
+                        "compile (torch.compile, cached; the first compile takes minutes on a CPU); "
+                        "recorded as speed_* in metrics.json")
     p.add_argument("--preprocess", default="none", choices=PRESETS, help="slice preprocessing before the models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--box-margin", type=int, default=0, help="pixels added around a box taken from labels")
@@ -51,4 +52,4 @@ def case_from_args(args, **extra):
                 labels=args.labels, organ=args.organ, label_names=args.label_names,
                 labels_threshold=args.labels_threshold, model=args.model, preprocess=args.preprocess,
                 seed=args.seed, box_margin=args.box_margin, series=getattr(args, "series", None),
-                speed=getattr(args, "speed", "eager"), **extra)
+                speed=getattr(args, "speed", "auto"), **extra)

@@ -276,7 +276,7 @@ def _make_worker(job):
         from ..models.speed import ensure_speed
 
         batch = job.get("batch", "auto")   # compile compiles for the run's batch size
-        ensure_speed(seg, job.get("speed", "eager"), batch=None if batch in (None, "auto") else int(batch))
+        ensure_speed(seg, job.get("speed", "auto"), batch=None if batch in (None, "auto") else int(batch))
         warnings = phantom_warnings(job["is_phantom"], seg)
         for w in warnings:
             yield 0, 1000, w

@@ -97,11 +97,12 @@ class SegmenterChoice(QWidget):
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
         self.speed = QComboBox()
-        self.speed.addItems(["eager", "auto", "bf16", "compile"])
-        self.speed.setToolTip("How the segmenter's forward passes run: eager (fp32); bf16 (where the hardware "
-                              "has it, checked against fp32 first); compile (torch.compile: minutes the first "
-                              "time on a CPU, cached afterwards); auto (bf16 where supported; on a GPU also "
-                              "compile). Gradient methods always run eager. Recorded with every result.")
+        self.speed.addItems(["auto", "eager", "bf16", "compile"])
+        self.speed.setToolTip("How the segmenter's forward passes run: auto (the default: bf16 on a CPU that "
+                              "has it, fp32 torch.compile on a GPU, else eager); eager (fp32 as loaded, "
+                              "turns the speed-ups off); bf16 (where the hardware has it, checked against "
+                              "fp32 first); compile (torch.compile: minutes the first time on a CPU, cached "
+                              "afterwards). Gradient methods always run eager. Recorded with every result.")
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Model", self.kind)

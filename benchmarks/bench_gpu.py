@@ -448,6 +448,106 @@ def markdown(res: dict) -> list[str]:
     return lines
 
 
+def _row(part: dict, sub: str, mode: str) -> dict | None:
+    for r in (part or {}).get(sub, {}).get("rows", []):
+        if r["mode"] == mode:
+            return r
+    return None
+
+
+def _cpu_passing_modes(speed: dict) -> list[str]:
+    """CPU modes whose occlusion map stayed within Spearman 0.99 and top-20 % IoU 0.95 of eager."""
+    return [r["mode"] for r in speed.get("occlusion", [])
+            if r["mode"] == "eager" or (r.get("spearman", 0) >= 0.99 and r.get("top20_iou", 0) >= 0.95)]
+
+
+def targets(speed: dict | None, gpu: dict) -> list[str]:
+    """The real-model speed targets with what was measured against each (met or not)."""
+    rows = []
+    speed = speed or {}
+    fw = speed.get("forward", {}).get("summary", {})
+    ok = [m for m in _cpu_passing_modes(speed) if m in fw]
+    best = min(ok, key=lambda m: fw[m]["median"]) if ok else None
+    lite, medsam = gpu.get("parts", {}).get("litemedsam"), gpu.get("parts", {}).get("medsam")
+    roi_fw = (_row(lite, "roi", "eager") or {}).get("forwards", 147)
+    if best:
+        per = fw[best]["median"]
+        rows.append({"target": "LiteMedSAM ROI-guided occlusion of a liver-sized ROI, <= 60 s on this CPU",
+                     "measured": f"about {per * roi_fw:.0f} s ({best}, the fastest mode within tolerance: "
+                                 f"{per:.2f} s per image x {roi_fw} forwards; an estimate from the forward timing)",
+                     "met": "no"})
+        rows.append({"target": "LiteMedSAM traditional occlusion (961 windows), <= 8 min on this CPU",
+                     "measured": f"about {per * 962 / 60:.0f} min ({best}; estimate, {per:.2f} s x 962 forwards)",
+                     "met": "no"})
+    for sub, what in (("roi", f"ROI-guided, {roi_fw - 1} windows"), ("traditional", "traditional, 961 windows")):
+        e, a = _row(lite, sub, "eager"), _row(lite, sub, "auto")
+        if e and a:
+            rows.append({"target": f"LiteMedSAM occlusion on the GPU ({what})",
+                         "measured": f"eager fp32 {e['seconds']['median']:.2f} s; bf16+compile "
+                                     f"{a['seconds']['median']:.2f} s (Spearman {a['spearman']:.3f}, top-20 % IoU "
+                                     f"{a['top20_iou']:.3f} vs eager)", "met": "(no target)"})
+    cap = gpu.get("parts", {}).get("captum", {})
+    if cap.get("engine_vs_captum"):
+        fast = _row(lite, "traditional", "auto")
+        captum_best = cap["summary"][f"captum@{cap['best']['captum']}"]["median"]
+        extra = (f"; with bf16+compile the engine takes {fast['seconds']['median']:.2f} s against Captum's "
+                 f"{captum_best:.2f} s ({captum_best / fast['seconds']['median']:.2f}x), but those maps drift "
+                 "from fp32") if fast else ""
+        rows.append({"target": "engine throughput >= 2x Captum Occlusion (LiteMedSAM, same windows, eager fp32)",
+                     "measured": f"{cap['engine_vs_captum']['ratio']:.3f}x on the H200 (both at the batched-"
+                                 f"forward floor){extra}", "met": "no"})
+        r = cap["engine_vs_pure"]
+        rows.append({"target": "engine never slower than the pure eager batched forward",
+                     "measured": f"pure / engine {r['ratio']:.3f} ({r['round_min']:.3f}-{r['round_max']:.3f}) on "
+                                 "the H200: the engine adds about 1 % (scoring, map updates)",
+                     "met": "no (by about 1 %)" if r["round_max"] < 1 else "yes"})
+    rise = [r for r in speed.get("rise", []) if r["stop_iou"] == 0.9]
+    if rise:
+        parts = [f"{r['mode']}{' centred' if r.get('center') else ''}: {r['forwards']} forwards, IoU "
+                 f"{r['top20_iou_vs_full']:.2f}" for r in rise]
+        met = any(r["forwards"] * 3 <= r["full_forwards"] and r["top20_iou_vs_full"] >= 0.9 for r in rise)
+        rows.append({"target": "RISE stop: >= 3x fewer passes than N = 2000 at top-20 % IoU >= 0.9 against "
+                               "N = 2000 (stop_iou 0.9)", "measured": "; ".join(parts),
+                     "met": "yes" if met else "no"})
+    for mode, label in (("auto", "bf16+compile"), ("bf16", "bf16"), ("eager", "eager fp32")):
+        r = _row(medsam, "traditional", mode)
+        if r and mode == "auto":
+            e = _row(medsam, "traditional", "eager")
+            rows.append({"target": "GPU: MedSAM vit_b, 961 windows at 1024 px, < 10 s on an H100/H200",
+                         "measured": f"{r['seconds']['median']:.2f} s with {label} (eager fp32 "
+                                     f"{e['seconds']['median']:.1f} s); random weights, same architecture",
+                         "met": "yes (bf16+compile only)"})
+    peaks = [f"{name} {mode} {r['peak_mib']} MiB" for name, part in (("LiteMedSAM", lite), ("vit_b", medsam))
+             for mode in ("eager", "auto") if (r := _row(part, "traditional", mode)) and r.get("peak_mib")]
+    if peaks:
+        rows.append({"target": "memory stays bounded (peak CUDA memory, fresh model per mode)",
+                     "measured": "; ".join(peaks), "met": "yes"})
+    if not rows:
+        return []
+    from napari_xaiclip.reports import markdown_table
+
+    return ["### Real-model speed: the targets and what was measured", "",
+            "CPU rows use the forward timing of the section \"Execution modes and RISE's convergence stop\" "
+            "(this 2-core CPU); GPU rows this section's H200 run. `auto` ran bf16+compile on the GPU at the "
+            "time of that run; since bf16 moved the maps beyond the tolerance there, `auto` now compiles in "
+            "fp32 on CUDA, which the H200 run did not time.", "",
+            markdown_table(rows, ["target", "measured", "met"], ["target", "measured", "met"]), ""]
+
+
+def measure(args) -> dict:
+    """Run every part (see the module docstring) and return the results."""
+    import torch
+
+    run = Run(args)
+    run.res.update(env=environment(torch.device(args.device)), budget=args.budget)
+    run.log(json.dumps(run.res["env"]))
+    run.save()
+    for name, fn, needs in PARTS:
+        run.part(name, fn, needs)
+    run.log("all parts done")
+    return run.res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
@@ -460,16 +560,7 @@ def main(argv=None) -> int:
     if args.markdown:
         print("\n".join(markdown(json.loads(Path(args.markdown).read_text()))))
         return 0
-    import torch
-
-    run = Run(args)
-    run.res.update(env=environment(torch.device(args.device)), budget=args.budget)
-    run.log(json.dumps(run.res["env"]))
-    run.save()
-    for name, fn, needs in PARTS:
-        run.part(name, fn, needs)
-    run.log("all parts done")
-    print("\n".join(markdown(run.res)))
+    print("\n".join(markdown(measure(args))))
     return 0
 
 

@@ -226,7 +226,7 @@ def run(ctx) -> list[str]:
     t0 = time.time()
     res = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "modes": modes}
-    cases = phantom_cases(int(ctx.get("rise_cases") or (1 if quick else 3)))
+    cases = phantom_cases(int(ctx.get("rise_cases") or 1))   # the liver; --rise-cases 3 adds spleen and kidney
     if {"forward", "occlusion"} - skip:
         from napari_xaiclip.models.speed import bf16_support
 
@@ -307,7 +307,7 @@ def main(argv=None) -> int:
     p.add_argument("--roi-side", type=int, default=ROI_SIDE, help="ROI side in px at 256 px (occlusion part)")
     p.add_argument("--rise-n", type=int, default=RISE_N, help="RISE masks without a stop (smoke runs: fewer)")
     p.add_argument("--rise-cases", type=int, choices=(1, 2, 3),
-                   help="organs for the RISE part (default 3, 1 with --quick)")
+                   help="organs for the RISE part (default 1, the liver: four N = 2000 groups take ~25 min)")
     p.add_argument("--skip", nargs="*", default=[], choices=("forward", "occlusion", "rise"))
     p.add_argument("--json", help="write the raw numbers here")
     args = p.parse_args(argv)

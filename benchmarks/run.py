@@ -705,6 +705,29 @@ def section_speed(ctx):
     return bench_speed.run(ctx)
 
 
+def section_gpu(ctx):
+    """Real models on a GPU (benchmarks/bench_gpu.py): run where CUDA is present, else the stored run."""
+    import bench_gpu
+    import torch
+
+    stored = ROOT / "benchmarks" / "gpu_results.json"
+    if torch.cuda.is_available():
+        res = bench_gpu.measure(argparse.Namespace(device="cuda", budget=1800.0, json=str(stored), quick=False,
+                                                   only=None))
+        note = "Measured in this run."
+    elif stored.exists():
+        res = json.loads(stored.read_text())
+        note = ("This machine has no GPU: the numbers are those of the stored run "
+                "(`benchmarks/gpu_results.json`, made by `python benchmarks/bench_gpu.py --json "
+                "benchmarks/gpu_results.json` on the GPU named below).")
+    else:
+        return ["## Real models on a GPU", "", "No GPU here and no stored GPU run.", ""]
+    ctx["results"]["gpu"] = {"source": "benchmarks/gpu_results.json", "date": res.get("env", {}).get("date")}
+    lines = bench_gpu.markdown(res)
+    return lines[:2] + [note, ""] + lines[2:] + bench_gpu.targets(ctx["results"].get("speed")
+                                                                  or ctx.get("old_results", {}).get("speed"), res)
+
+
 def section_litemedsam(ctx):
     """LiteMedSAM: Dice (phantom, real CT) and traditional vs ROI-guided occlusion (benchmarks/bench_litemedsam.py)."""
     import bench_litemedsam
@@ -715,7 +738,7 @@ def section_litemedsam(ctx):
 SECTIONS = {"models": section_models, "table3": section_table3, "engine": section_engine,
             "adaptive": section_adaptive, "rise_memory": section_rise_memory,
             "randomisation": section_randomisation, "companions": section_companions, "batch": section_batch,
-            "memory": section_memory, "litemedsam": section_litemedsam, "speed": section_speed}
+            "memory": section_memory, "litemedsam": section_litemedsam, "speed": section_speed, "gpu": section_gpu}
 #: the "## " headings each section writes (earlier titles too, so a rerun replaces them)
 SECTION_TITLES = {
     "models": ["Models"], "table3": ["Table III analog: traditional vs ROI-guided"], "engine": ["Engine overhead"],
@@ -725,6 +748,7 @@ SECTION_TITLES = {
     "batch": ["Batch throughput (`xaiclip batch`, local Dask cluster)"], "memory": ["Memory"],
     "litemedsam": ["LiteMedSAM (default segmenter)"],
     "speed": ["Execution modes and RISE's convergence stop"],
+    "gpu": ["Real models on a GPU"],
 }
 #: results.json keys each section owns (earlier names too, dropped when the section is rerun)
 SECTION_KEYS = {
@@ -733,7 +757,7 @@ SECTION_KEYS = {
                "table3_rounds"],
     "engine": ["engine"], "adaptive": ["adaptive"], "rise_memory": ["rise_memory"],
     "randomisation": ["randomisation", "randomisation_data"], "companions": ["explainseg", "companions"], "batch": ["batch"],
-    "memory": ["memory"], "litemedsam": ["litemedsam"], "speed": ["speed"],
+    "memory": ["memory"], "litemedsam": ["litemedsam"], "speed": ["speed"], "gpu": ["gpu"],
 }
 
 
@@ -786,7 +810,8 @@ def _provenance_rows(runs: dict) -> list[dict]:
 def header(machine_text: str, runs: dict) -> list[str]:
     return [
         "# Benchmarks", "",
-        f"Machine: {machine_text}; no GPU, so no GPU numbers are claimed. The CPU is shared with other "
+        f"Machine: {machine_text}; no GPU (the section \"Real models on a GPU\" comes from a run on a lent H200 "
+        "and says so). The CPU is shared with other "
         "people's test runs (the load averages below say how busy it was): read the spreads, not only the "
         "medians. Models: the "
         "shipped phantom-trained demo models (segmenter spec `phantom`, the tiny SAM; tiny-CLIP localizer) in "
@@ -836,7 +861,8 @@ def main(argv=None) -> int:
         runs["litemedsam"] = {"date": old_results["litemedsam"].get("date", "earlier"), "seconds": float(
             old_results["litemedsam"].get("dice_seconds", 0) + old_results["litemedsam"].get("occlusion_seconds", 0)),
             "command": "benchmarks/run.py --only models litemedsam"}
-    ctx = {"quick": args.quick, "results": {}, "seg": load_segmenter("phantom", device="cpu"),
+    ctx = {"quick": args.quick, "results": {}, "old_results": old_results,
+           "seg": load_segmenter("phantom", device="cpu"),
            "loc": load_localizer("default", device="cpu"), "cases": load_cases(args.quick)}
     command = "benchmarks/run.py" + (" --quick" if args.quick else "") + (
         f" --only {' '.join(args.only)}" if args.only else "")

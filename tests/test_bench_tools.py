@@ -111,3 +111,36 @@ def test_spawned_child_measures_its_own_peak_not_the_parents():
 def test_a_failing_child_raises_with_its_traceback():
     with pytest.raises(RuntimeError, match="ZeroDivisionError"):
         memtool.run_spawned(divmod, 1, 0)
+
+
+# --------------------------------------------------------------------------- real-model targets
+
+
+def _rise_row(forwards, iou, center=False):
+    return {"organ": "liver", "mode": "traditional", "center": center, "stop_iou": 0.9, "forwards": forwards,
+            "full_forwards": 2001, "top20_iou_vs_full": iou}
+
+
+@pytest.mark.parametrize("rows, met", [
+    ([_rise_row(667, 0.91)], "yes"),            # exactly 3x fewer at IoU >= 0.9
+    ([_rise_row(668, 0.95)], "no"),             # not quite 3x fewer
+    ([_rise_row(401, 0.89)], "no"),             # fewer, but the map is not close enough
+    ([_rise_row(2001, 1.0), _rise_row(601, 0.9, center=True)], "yes"),
+])
+def test_the_rise_target_is_met_only_with_3x_fewer_passes_at_iou_0_9(rows, met):
+    import bench_gpu
+
+    lines = "\n".join(bench_gpu.targets({"rise": rows}, {"parts": {}})).splitlines()
+    (row,) = [line for line in lines if line.startswith("| RISE stop")]
+    assert row.rstrip(" |").endswith(met)
+
+
+def test_cpu_estimates_use_the_fastest_mode_within_the_map_tolerance():
+    import bench_gpu
+
+    speed = {"forward": {"summary": {"eager": {"median": 4.0}, "bf16": {"median": 2.0}, "compile": {"median": 1.0}}},
+             "occlusion": [{"mode": "eager"}, {"mode": "bf16", "spearman": 0.999, "top20_iou": 0.97},
+                           {"mode": "compile", "spearman": 0.98, "top20_iou": 1.0}]}   # compile drifts
+    lines = "\n".join(bench_gpu.targets(speed, {"parts": {}})).splitlines()
+    roi = next(line for line in lines if "liver-sized ROI" in line)
+    assert "about 294 s (bf16" in roi   # 2.0 s x 147 forwards; compile is faster but outside the tolerance

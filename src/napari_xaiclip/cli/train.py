@@ -11,10 +11,7 @@ __all__ = ["add_localizer", "add_segmenter", "parse_classes"]
 
 def add_segmenter(sub):
     p = sub.add_parser("train-segmenter", help="train the tiny SAM demo segmenter")
-    p.add_argument("--out", required=True, help="weights file to write (.pt)")
-    p.add_argument("--images", nargs="*", help="NIfTI images (default: phantom seeds)")
-    p.add_argument("--labels", nargs="*", help="NIfTI label files, one per image")
-    p.add_argument("--modality", default="ct", choices=("ct", "mr"), help="modality of --images")
+    _add_training_data(p, "weights file to write (.pt)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=6e-4)
@@ -28,10 +25,7 @@ def add_segmenter(sub):
 
 def add_localizer(sub):
     p = sub.add_parser("train-localizer", help="train the CLIP region localizer")
-    p.add_argument("--out", required=True, help="localizer file to write (.pt)")
-    p.add_argument("--images", nargs="*", help="NIfTI images (default: phantom seeds)")
-    p.add_argument("--labels", nargs="*", help="NIfTI label files, one per image")
-    p.add_argument("--modality", default="ct", choices=("ct", "mr"), help="modality of --images")
+    _add_training_data(p, "localizer file to write (.pt)")
     p.add_argument("--classes", default=None,
                    help="comma-separated organ names (FLARE22 numbering) or VALUE:NAME pairs, "
                         "e.g. liver,spleen or 1:liver,3:spleen (default: every phantom organ)")
@@ -46,6 +40,14 @@ def add_localizer(sub):
     p.add_argument("--seeds", default="200:216", help="phantom seeds A:B (B excluded) when no --images")
     p.add_argument("--eval-seeds", default="900:902", help="held-out phantom seeds A:B for the model card")
     p.set_defaults(func=cmd_train_localizer)
+
+
+def _add_training_data(p, out_help: str) -> None:
+    """The output and training-data options both training commands share."""
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--images", nargs="*", help="NIfTI images (default: phantom seeds)")
+    p.add_argument("--labels", nargs="*", help="NIfTI label files, one per image")
+    p.add_argument("--modality", default="ct", choices=("ct", "mr"), help="modality of --images")
 
 
 def _pairs(args):

@@ -258,8 +258,9 @@ def finish(ctx: Context, method: str, params: dict, heatmap_model: torch.Tensor 
     info = dict(info or {})
     from ..models.speed import speed_report
 
-    if speed_report(ctx.seg) is not None:   # the forwards ran in this execution mode
-        info["speed"] = speed_report(ctx.seg).to_record()
+    speed = speed_report(ctx.seg)
+    if speed is not None:   # the forwards ran in this execution mode
+        info["speed"] = speed.to_record()
     if ctx.warnings:
         info["warnings"] = list(ctx.warnings)
     return Explanation(

@@ -355,3 +355,23 @@ def test_the_command_and_the_gui_default_to_auto():
 
     args = build_parser().parse_args(["explain", "ct.nii.gz", "--out", "o"])
     assert args.speed == "auto" and Case(volume="ct.nii.gz").speed == "auto"
+
+
+def test_warmup_compiles_ahead_and_says_so(cache_env, capsys):
+    """``xaiclip warmup`` applies the mode once (the compile fills the cache) and prints what it chose."""
+    from napari_xaiclip.cli import main
+
+    code = main(["warmup", "--model", "phantom", "--device", "cpu", "--speed", "compile", "--batch", "2"])
+    out = capsys.readouterr()
+    if code == 1:   # torch.compile unusable here: the command must say so, not pretend
+        assert "error: compile did not take" in out.err and "compile not used" in out.out
+        pytest.skip("torch.compile unavailable here")
+    assert code == 0, out
+    assert out.out.startswith("phantom on cpu: compile ready in") and "later runs at batch 2" in out.out
+
+
+def test_warmup_refuses_a_bad_batch(capsys):
+    from napari_xaiclip.cli import main
+
+    assert main(["warmup", "--model", "phantom", "--batch", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --batch must be 1..1024, got 0"

@@ -16,14 +16,14 @@ import threading
 import time
 import warnings
 
-from . import batch, components, demo, explain, gui, models, train
+from . import batch, components, demo, explain, gui, models, train, warmup
 from ._errors import UsageError
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "main"]
 
 #: Subcommands in the order ``xaiclip --help`` lists them.
-COMMANDS = (gui.add, demo.add, explain.add, batch.add, components.add, models.add, train.add_segmenter,
-            train.add_localizer)
+COMMANDS = (gui.add, demo.add, explain.add, batch.add, components.add, models.add, warmup.add,
+            train.add_segmenter, train.add_localizer)
 
 
 #: Arguments argparse must read as values, not options: negative numbers in any float spelling

@@ -501,14 +501,24 @@ def targets(speed: dict | None, gpu: dict) -> list[str]:
                      "measured": f"pure / engine {r['ratio']:.3f} ({r['round_min']:.3f}-{r['round_max']:.3f}) on "
                                  "the H200: the engine adds about 1 % (scoring, map updates)",
                      "met": "no (by about 1 %)" if r["round_max"] < 1 else "yes"})
-    rise = [r for r in speed.get("rise", []) if r["stop_iou"] == 0.9]
+    rise = speed.get("rise", [])
     if rise:
-        parts = [f"{r['mode']}{' centred' if r.get('center') else ''}: {r['forwards']} forwards, IoU "
-                 f"{r['top20_iou_vs_full']:.2f}" for r in rise]
-        met = any(r["forwards"] * 3 <= r["full_forwards"] and r["top20_iou_vs_full"] >= 0.9 for r in rise)
+        def fits(r):
+            return r["forwards"] * 3 <= r["full_forwards"] and r["top20_iou_vs_full"] >= 0.9
+
+        parts = []
+        for key in dict.fromkeys((r["mode"], bool(r.get("center"))) for r in rise):
+            group = [r for r in rise if (r["mode"], bool(r.get("center"))) == key]
+            early = [r for r in group if r["forwards"] < r["full_forwards"]]
+            pick = min([r for r in group if fits(r)] or early or group, key=lambda r: r["forwards"])
+            parts.append(f"{key[0]}{' centred' if key[1] else ''}: "
+                         + (f"stop_iou {pick['stop_iou']:g} stops at {pick['forwards']} forwards "
+                            f"({pick['full_forwards'] / pick['forwards']:.1f}x fewer), IoU "
+                            f"{pick['top20_iou_vs_full']:.2f}" if early else
+                            f"never stops before N (stop_iou >= {min(r['stop_iou'] for r in group):g})"))
         rows.append({"target": "RISE stop: >= 3x fewer passes than N = 2000 at top-20 % IoU >= 0.9 against "
-                               "N = 2000 (stop_iou 0.9)", "measured": "; ".join(parts),
-                     "met": "yes" if met else "no"})
+                               "N = 2000", "measured": "; ".join(parts),
+                     "met": "yes" if any(fits(r) for r in rise) else "no"})
     for mode, label in (("auto", "bf16+compile"), ("bf16", "bf16"), ("eager", "eager fp32")):
         r = _row(medsam, "traditional", mode)
         if r and mode == "auto":

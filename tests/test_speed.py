@@ -161,11 +161,27 @@ def test_bf16_refused_without_hardware_or_outside_tolerance(monkeypatch):
     assert any("probe disagrees with fp32" in r for r in report.reasons), report.reasons
 
 
-def test_auto_on_cpu_never_compiles(monkeypatch):
-    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("auto compiled on a CPU"))
+def test_auto_on_cpu_compiles_only_a_model_compiled_before(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(speed, "bf16_support", lambda device: (False, "none"))
-    report = apply_speed(_seg(), "auto")
-    assert report.chosen == "eager" and any("never compiles" in r for r in report.reasons)
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("auto compiled a cold model on a CPU"))
+    cold = apply_speed(_seg(), "auto")
+    assert cold.chosen == "eager" and any("run `xaiclip warmup` once" in r for r in cold.reasons), cold.reasons
+    calls = []
+
+    def fake_compile(module, **kwargs):   # stands for a compile whose kernels come from the cache
+        calls.append(kwargs)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    seg = _seg()
+    assert apply_speed(seg, "compile", batch=64).chosen == "compile"   # what `xaiclip warmup` does
+    assert len(calls) == 1 and list((tmp_path / "xaiclip-warm").glob("*.json"))
+    warm = apply_speed(_seg(), "auto")   # another object of the same model: the marker is found
+    assert warm.chosen == "compile" and len(calls) == 2, warm.reasons
+    assert any("compiled here before" in r for r in warm.reasons)
+    other = apply_speed(_seg(), "auto", batch=8)   # another batch size was never compiled
+    assert other.chosen == "eager" and len(calls) == 2
 
 
 @pytest.mark.parametrize("mode", ["bf16", "compile"])
@@ -342,7 +358,7 @@ def test_auto_chooses_per_device_from_the_measured_map_tolerance():
 
     from napari_xaiclip.models.speed import SpeedReport, _auto_steps
 
-    for device, steps, says in (("cuda", ["compile"], "bf16 only when asked"), ("cpu", ["bf16"], "never compiles"),
+    for device, steps, says in (("cuda", ["compile"], "bf16 only when asked"), ("cpu", ["bf16"], "run `xaiclip warmup` once"),
                                 ("mps", [], "keeps mps in eager")):
         report = SpeedReport(requested="auto")
         assert _auto_steps(torch.device(device), report) == steps

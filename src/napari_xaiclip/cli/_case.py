@@ -33,8 +33,9 @@ def add_case_arguments(p, slice_required: bool = False) -> None:
                    help="segmenter: default (LiteMedSAM, a real medical model), phantom (tiny demo SAM, "
                         "phantom-trained), litemedsam:PATH, medsam:PATH, sam:vit_b:PATH, ...")
     p.add_argument("--speed", default="auto", choices=("auto", "eager", "compile", "bf16"),
-                   help="execution mode of the segmenter's no-grad forwards: auto (default: bf16 on a CPU "
-                        "with native bf16, fp32 torch.compile on CUDA, else eager), eager (fp32 as loaded), "
+                   help="execution mode of the segmenter's no-grad forwards: auto (default: fp32 torch.compile "
+                        "on CUDA; on a CPU torch.compile once `xaiclip warmup` compiled the model, else bf16 "
+                        "where the CPU has it; eager elsewhere), eager (fp32 as loaded), "
                         "bf16 (autocast where the hardware has native bf16, checked against fp32 on a probe), "
                         "compile (torch.compile, cached; the first compile takes minutes on a CPU); "
                         "recorded as speed_* in metrics.json")

@@ -37,5 +37,6 @@ def cmd_warmup(args) -> int:
         print("error: compile did not take (see the reasons above); explain would run eager", file=sys.stderr)
         return 1
     if report.compile_batch:
-        print(f"later runs at batch {report.compile_batch} with --speed {args.speed} reuse the compiled kernels")
+        print(f"later runs at batch {report.compile_batch} reuse the compiled kernels; --speed auto now compiles "
+              "this model too")
     return 0

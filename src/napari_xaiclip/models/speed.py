@@ -22,10 +22,11 @@ was chosen and why; ``report.to_record()`` is a flat dict for provenance.
 * ``auto`` (the default of the command and the GUI): the fastest mode whose
   occlusion maps stayed within Spearman 0.99 and top-20 % IoU 0.95 of fp32 eager
   when measured (docs/benchmarks.md). On CUDA, compile in fp32: bf16 there
-  moved LiteMedSAM's maps to top-20 % IoU 0.88-0.90. On a CPU, bf16 if the CPU
-  has it natively (LiteMedSAM's and the phantom model's maps stayed at Spearman
-  >= 0.999, IoU >= 0.97), else eager; compile is never chosen automatically on a
-  CPU, because its first compile takes minutes there: ask for it explicitly.
+  moved LiteMedSAM's maps to top-20 % IoU 0.88-0.90. On a CPU, compile when this
+  model was compiled here before at this batch size (``xaiclip warmup``, or an
+  earlier compile run: a marker in the cache says so), since its first compile
+  takes minutes; otherwise bf16 if the CPU has it natively (LiteMedSAM's and the
+  phantom model's maps stayed at Spearman >= 0.999, IoU >= 0.97), else eager.
   Elsewhere (MPS), eager.
 
 A mode other than eager is accepted only if a probe forward (a synthetic
@@ -424,19 +425,46 @@ def ensure_speed(segmenter, mode: str = "auto", cache_dir: str | Path | None = N
     return apply_speed(segmenter, mode, cache_dir, batch)
 
 
-def _auto_steps(device, report: SpeedReport) -> list[str]:
+def _auto_steps(device, report: SpeedReport, warm: bool = False) -> list[str]:
     """What ``auto`` tries on ``device``: the fastest mode whose occlusion maps stayed within Spearman
-    0.99 and top-20 % IoU 0.95 of fp32 eager in the measurements of docs/benchmarks.md."""
+    0.99 and top-20 % IoU 0.95 of fp32 eager in the measurements of docs/benchmarks.md. ``warm``:
+    this model was compiled at this batch size before (its kernels are in the cache)."""
     if device.type == "cuda":
         report.reasons.append("auto on CUDA compiles in fp32; bf16 only when asked (on an H200 it moved "
                               "LiteMedSAM's occlusion maps to top-20 % IoU 0.88-0.90 of fp32)")
         return ["compile"]
     if device.type == "cpu":
-        report.reasons.append("auto on a CPU never compiles (the first compile takes minutes); "
-                              "ask for compile explicitly")
+        if warm:
+            report.reasons.append("auto on a CPU compiles: this model was compiled here before at this batch "
+                                  "size (cached)")
+            return ["compile"]
+        report.reasons.append("auto on a CPU compiles only a model compiled before (the first compile takes "
+                              "minutes): run `xaiclip warmup` once for compile's speed-up")
         return ["bf16"]
     report.reasons.append(f"auto keeps {device.type} in eager")
     return []
+
+
+def _warm_marker(segmenter, batch: int, device) -> Path:
+    """A file in the compile cache saying this model was compiled at ``batch`` on this kind of device."""
+    import hashlib
+
+    import torch
+
+    key = "|".join(str(v) for v in (type(segmenter).__qualname__, getattr(segmenter, "name", ""),
+                                     getattr(segmenter, "input_size", ""), batch, torch.__version__, device.type))
+    cache = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or compile_cache_dir())
+    return cache / "xaiclip-warm" / (hashlib.sha1(key.encode()).hexdigest()[:20] + ".json")
+
+
+def _mark_warm(segmenter, batch: int, device, seconds: float) -> None:
+    import json
+
+    marker = _warm_marker(segmenter, batch, device)
+    with contextlib.suppress(OSError):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"model": getattr(segmenter, "name", ""), "batch": batch,
+                                      "device": device.type, "compile_seconds": round(seconds, 1)}) + "\n")
 
 
 def _apply(segmenter, mode: str, cache_dir, batch) -> SpeedReport:
@@ -458,7 +486,8 @@ def _apply(segmenter, mode: str, cache_dir, batch) -> SpeedReport:
         report.reasons.append(f"{mode} needs the segmenter's network as an nn.Module; eager")
         return report
     if mode == "auto":
-        steps = _auto_steps(device, report)
+        size = int(batch or _auto_batch(segmenter, device))
+        steps = _auto_steps(device, report, warm=_warm_marker(segmenter, size, device).is_file())
     else:
         steps = [mode]
 
@@ -502,6 +531,7 @@ def _apply(segmenter, mode: str, cache_dir, batch) -> SpeedReport:
         autocast, parts = trial.autocast, trial.parts
         if step == "compile":
             report.compile_seconds, report.compile_batch = seconds, size
+            _mark_warm(segmenter, size, device, seconds)
         report.max_abs_diff, report.cosine, report.dice = agree["max_abs_diff"], agree["cosine"], agree["dice"]
         report.reasons.append(f"{step}: {why}; probe mask Dice {agree['dice']:.4f}, logits cosine "
                               f"{agree['cosine']:.5f}, max |diff| {agree['max_abs_diff']:.3g}")

@@ -3,9 +3,10 @@
 torch imports Triton lazily (through torchvision and torch._dynamo). Its
 library bundles LLVM, and loading it after napari has created an OpenGL
 context on Mesa (whose llvmpipe and radeonsi drivers also load LLVM) crashes
-the process. The plugin never compiles kernels, so the GUI process marks
-Triton as absent; torch then treats it as not installed. Set
-``XAICLIP_ALLOW_TRITON=1`` to opt out.
+the process. So the GUI process marks Triton as absent and torch treats it
+as not installed: ``torch.compile`` on a CPU still works (it generates C++),
+on a GPU it needs Triton, fails and the segmenter runs eager, with the reason
+in the run's ``speed_reasons``. Set ``XAICLIP_ALLOW_TRITON=1`` to opt out.
 """
 
 from __future__ import annotations

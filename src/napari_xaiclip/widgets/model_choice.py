@@ -98,8 +98,9 @@ class SegmenterChoice(QWidget):
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
         self.speed = QComboBox()
         self.speed.addItems(["auto", "eager", "bf16", "compile"])
-        self.speed.setToolTip("How the segmenter's forward passes run: auto (the default: bf16 on a CPU that "
-                              "has it, fp32 torch.compile on a GPU, else eager); eager (fp32 as loaded, "
+        self.speed.setToolTip("How the segmenter's forward passes run: auto (the default: torch.compile on a "
+                              "GPU, and on a CPU once `xaiclip warmup` compiled the model; bf16 on a CPU "
+                              "before that; else eager); eager (fp32 as loaded, "
                               "turns the speed-ups off); bf16 (where the hardware has it, checked against "
                               "fp32 first); compile (torch.compile: minutes the first time on a CPU, cached "
                               "afterwards). Gradient methods always run eager. Recorded with every result.")

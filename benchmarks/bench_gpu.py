@@ -389,7 +389,8 @@ def markdown(res: dict) -> list[str]:
              f"Python {env.get('python')}, with `benchmarks/bench_gpu.py` (one run, budget "
              f"{res.get('budget', '?')} s). TF32 for matmul: {env.get('tf32_matmul')} (PyTorch's default). "
              "Seconds are medians (min–max) of interleaved rounds; each round runs every mode once in a random "
-             "order. The first call of each mode (compile, autotuning) is outside the rounds and shown apart.", ""]
+             "order. The first call of each mode (compile, autotuning) is outside the rounds and shown apart."
+             + (f" Note: {res['medsam_rerun']}." if res.get("medsam_rerun") else ""), ""]
     m = p.get("methods", {}).get("rows")
     if m:
         lines += ["### Every explainer on CUDA against the CPU", "",

@@ -219,9 +219,6 @@ def _check_box(box, shape):
         raise ValueError(f"box must have x1 > x0 and y1 > y0, got {(x0, y0, x1, y1)}")
     if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
         raise ValueError(f"box {(x0, y0, x1, y1)} lies outside the {h}x{w} slice")
-    if x0 < -w or y0 < -h or x1 > 2 * w or y1 > 2 * h:   # a little over the edge is clipped; this is a typo
-        raise ValueError(f"box {(x0, y0, x1, y1)} reaches more than the slice's own size beyond the {h}x{w} "
-                         "slice; give corners in slice pixels")
     return np.array([max(0, x0), max(0, y0), min(w, x1), min(h, y1)])
 
 

@@ -202,23 +202,9 @@ BAD_MANIFESTS = {
     "no volume column": "case,labels\na,lab0.nii.gz\n",
     "not a CSV": b"\x1f\x8b\x08\x00\xff\xfe\x00binary",
     "unknown column": "case,volume,organn\na,vol0.nii.gz,liver\n",
-    "unknown roi": "case,volume,roi\na,vol0.nii.gz,brain\n",
-    "unknown mode": "case,volume,modes\na,vol0.nii.gz,sideways\n",
-    "unknown method": "case,volume,methods\na,vol0.nii.gz,occlusion;magic\n",
-    "bad box": "case,volume,box\na,vol0.nii.gz,1 2 3\n",
-    "bad slices": "case,volume,slices\na,vol0.nii.gz,9:3\n",
-    "bad seed": "case,volume,seed\na,vol0.nii.gz,zero\n",
-    "unknown param": "case,volume,params\na,vol0.nii.gz,occlusion.size=3\n",
-    "duplicate case": "case,volume\na,vol0.nii.gz\na,vol1.nii.gz\n",
-    "bad case id": "case,volume\n../x,vol0.nii.gz\n",
 }
 MESSAGES = {"missing": "no such manifest", "empty": "empty manifest", "header only": "no cases",
-            "no volume column": "no 'volume' column", "not a CSV": "not a CSV", "unknown column": "organn",
-            "unknown roi": "line 2: roi 'brain'", "unknown mode": "unknown mode 'sideways'",
-            "unknown method": "unknown method 'magic'", "bad box": "box must be four numbers",
-            "bad slices": "slices must be", "bad seed": "seed must be an integer",
-            "unknown param": "unknown parameter 'size' for occlusion", "duplicate case": "already used on line 2",
-            "bad case id": "names a folder"}
+            "no volume column": "no 'volume' column", "not a CSV": "not a CSV", "unknown column": "organn"}
 
 
 @pytest.mark.parametrize("name", list(BAD_MANIFESTS))
@@ -234,6 +220,43 @@ def test_bad_manifest_is_an_input_error(name, cohort, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and MESSAGES[name] in err[0], err
     assert not out.exists()
+
+
+# --- a bad row fails alone, with its line number; the good rows run -----------
+BAD_ROWS = {
+    "unknown roi": ("roi", "brain", "roi 'brain'"),
+    "unknown mode": ("modes", "sideways", "unknown mode 'sideways'"),
+    "unknown method": ("methods", "occlusion;magic", "unknown method 'magic'"),
+    "bad box": ("box", "1 2 3", "box must be four numbers"),
+    "bad slices": ("slices", "9:3", "slices must be"),
+    "bad seed": ("seed", "zero", "seed must be an integer"),
+    "unknown param": ("params", "occlusion.size=3", "unknown parameter 'size' for occlusion"),
+    "bad case id": ("case", "../x", "names a folder"),
+    "too many values": (None, None, "values for"),
+    "duplicate case": ("case", "p0", "already used on line 2"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_ROWS))
+def test_a_bad_row_fails_alone_with_its_line_and_the_batch_goes_on(name, cohort, tmp_path, capsys):
+    column, value, message = BAD_ROWS[name]
+    header = HEADER.split(",")
+    extra = [column] if column and column not in header else []
+    good = _row("p0", 0, "liver") + "," * len(extra)
+    cells = dict(zip(header + extra, _row("p1", 1, "liver").split(",") + [""] * len(extra)))
+    if column:
+        cells[column] = value
+    bad = ",".join(cells.values()) + (",extra" if name == "too many values" else "")
+    manifest = cohort / f"bad-{name.replace(' ', '-')}.csv"
+    manifest.write_text(f"{','.join(header + extra)}\n{good}\n{bad}\n")
+    out = tmp_path / "out"
+    assert main(["batch", str(manifest), "--out", str(out), "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"line3: {manifest.name} line 3: " in err and message in err, err
+    summary = {r["case"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert summary["line3"]["status"] == "failed" and message in summary["line3"]["error"]
+    assert summary["p0"]["status"] == "done"
+    assert message in (out / "cases" / "line3" / "error.txt").read_text()
 
 
 def test_manifest_parsing(cohort, tmp_path):
@@ -308,6 +331,7 @@ def test_slice_ranges_are_checked_before_anything_is_allocated(text, message):
 def test_a_case_id_too_long_for_a_folder_name_is_refused(cohort, tmp_path, capsys):
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"case,volume\n{'a' * 300},{cohort / 'vol0.nii.gz'}\n")
-    assert main(["batch", str(manifest), "--out", str(tmp_path / "out")]) == 2
+    assert main(["batch", str(manifest), "--out", str(tmp_path / "out")]) == 1   # the row fails, nothing crashes
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error:") and "at most 100" in err[-1]
+    assert err[-1].startswith("failed: line2: m.csv line 2: case id of 300 characters") and "at most 100" in err[-1]
+    assert (tmp_path / "out" / "cases" / "line2" / "error.txt").is_file()

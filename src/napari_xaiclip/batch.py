@@ -17,11 +17,13 @@ At the end ``OUT/summary.csv`` has one row per case x slice x method x mode
 (failed cases one row with their error), ``OUT/aggregates.csv`` and
 ``OUT/report.md`` the mean and standard deviation per method and mode.
 
-Errors in the manifest itself (missing or empty file, no ``volume`` column,
-unknown columns, values that do not parse or are not among the allowed ones,
-duplicate case ids) raise :class:`ManifestError` before anything is written.
-Problems with a case's data (missing or corrupt files, an organ that is unknown
-or absent, a box outside the slice, an empty ROI) fail only that case.
+Errors in the manifest file itself (missing or empty file, no ``volume`` column,
+unknown or repeated columns) raise :class:`ManifestError` before anything is
+written. A row that does not parse (a value that is not among the allowed ones,
+too many values, a repeated or unusable case id) fails alone as case
+``line<N>``, its error naming the manifest line; problems with a case's data
+(missing or corrupt files, an organ that is unknown or absent, a box outside the
+slice, an empty ROI) fail only that case. The other rows run either way.
 
 Example
 -------

@@ -145,9 +145,10 @@ def read_manifest(path) -> list[BatchRow]:
     Raises
     ------
     ManifestError
-        Missing, unreadable or empty file, no ``volume`` column, unknown
-        columns, a value that does not parse (naming the line and column) or
-        two rows with the same case id.
+        Missing, unreadable or empty file, no ``volume`` column, unknown or
+        repeated columns, no rows. A row that does not parse (a bad value,
+        too many values, a repeated case id) is returned with its ``error``
+        set (naming the line and column) and fails alone.
     """
     path = Path(path)
     if not path.is_file():
@@ -177,22 +178,29 @@ def read_manifest(path) -> list[BatchRow]:
         raise ManifestError(f"{path}: the manifest has a header but no cases")
     rows, seen = [], {}
     for (line, _), cells in zip(lines[1:], parsed[1:]):
-        where = f"{path} line {line}"
-        if len(cells) > len(header):
-            raise ManifestError(f"{where}: {len(cells)} values for {len(header)} columns")
         values = {h: c.strip() for h, c in zip(header, cells) if c.strip()}
         try:
+            if len(cells) > len(header):
+                raise ValueError(f"{len(cells)} values for {len(header)} columns")
             case_id, case = _parse_row(values, path.resolve().parent)
-        except ValueError as exc:
-            raise ManifestError(f"{where}: {exc}") from None
-        case_id = case_id or _default_id(case.volume)
-        if case_id in seen:
-            raise ManifestError(f"{where}: case id {case_id!r} is already used on line {seen[case_id]}; "
-                                "add a 'case' column with unique ids")
+            case_id = case_id or _default_id(case.volume)
+            if case_id in seen:
+                raise ValueError(f"case id {case_id!r} is already used on line {seen[case_id]}; "
+                                 "add a 'case' column with unique ids")
+        except ValueError as exc:   # this row fails alone; the others run
+            rows.append(_unreadable_row(line, values, f"{path.name} line {line}: {exc}"))
+            continue
         seen[case_id] = line
         case.name = case_id
         rows.append(BatchRow(line, case_id, case, _precheck(case)))
     return rows
+
+
+def _unreadable_row(line: int, values: dict, error: str) -> BatchRow:
+    """A row that does not parse: it fails under the id ``line<N>`` (its own id may be the problem, and
+    must never match a case an earlier run finished) with the message naming the line."""
+    case_id = f"line{line}"
+    return BatchRow(line, case_id, Case(volume=values.get("volume", ""), name=case_id), error)
 
 
 def _precheck(case: Case) -> str | None:

@@ -224,3 +224,26 @@ def test_checkpoint_that_does_not_load_is_reported(scene, qtbot, notifications, 
     assert any("cannot be read" in m for m in notifications)
     assert ex_w.run.run_button.isEnabled()
     assert not any(ly.name.startswith("CT · occlusion") and ly.metadata.get("xaiclip_records") for ly in viewer.layers)
+
+
+def test_a_computed_roi_and_a_cleared_slice_are_undone_by_ctrl_z(scene, qtbot):
+    """ROI edits go through napari's undoable path: one undo per computation, one per cleared slice."""
+    viewer, image, _, labels, index = scene
+    picker, roi_w, *_ = _widgets(viewer)
+    picker.set_index(index)
+    roi_w.tabs.setCurrentIndex(2)   # threshold: no model, the expected ROI is known
+    roi_w.otsu.setChecked(False)
+    roi_w.level.setValue(100.0)
+    roi_w.compute()
+    _wait(qtbot, roi_w.run)
+    roi = viewer.layers["ROI"]
+    computed = np.asarray(roi.data[index]).copy()
+    assert computed.any() and not np.asarray(roi.data[:index]).any()
+    roi.undo()                       # what Ctrl+Z calls on the active labels layer
+    assert not np.asarray(roi.data).any()
+    roi.redo()
+    assert np.array_equal(np.asarray(roi.data[index]), computed)
+    roi_w._clear_slice()
+    assert not np.asarray(roi.data[index]).any()
+    roi.undo()
+    assert np.array_equal(np.asarray(roi.data[index]), computed)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..slicing import check_slice, slice_translate
+from ..slicing import check_slice, slice_translate, take_slice
 from .notify import notify_error
 
 
-__all__ = ["BOX_LAYER_NAME", "GEOMETRY_KEYS", "LOCALIZER_MAP_NAME", "ROI_NAME", "SEGMENTATION_NAME", "box_from_shapes", "current_index", "ensure_box_layer", "find_box", "geometry_kwargs", "go_to_index", "image_slice_coords", "label_colormap", "replace_layer", "roi_layer", "roi_slice", "set_slicing_axis", "slice_layer_kwargs", "slice_prompt", "source_metadata", "start_box_drawing", "viewer_slice", "volume_of"]
+__all__ = ["BOX_LAYER_NAME", "GEOMETRY_KEYS", "LOCALIZER_MAP_NAME", "ROI_NAME", "SEGMENTATION_NAME", "box_from_shapes", "current_index", "ensure_box_layer", "find_box", "geometry_kwargs", "go_to_index", "image_slice_coords", "label_colormap", "replace_layer", "roi_layer", "roi_slice", "set_labels_slice", "set_slicing_axis", "slice_layer_kwargs", "slice_prompt", "source_metadata", "start_box_drawing", "viewer_slice", "volume_of"]
 
 
 GEOMETRY_KEYS = ("scale", "translate", "rotate", "shear", "affine")
@@ -157,6 +157,19 @@ def roi_layer(viewer, image_layer, create: bool = True):
                               **geometry_kwargs(image_layer))
     layer.colormap = label_colormap("cyan")
     return layer
+
+
+def set_labels_slice(layer, axis: int, index: int, plane: np.ndarray) -> None:
+    """Write ``plane`` into slice ``index`` along ``axis`` of a labels layer through napari's undoable
+    path (``Labels.data_setitem``): Ctrl+Z restores the slice as it was. Wrap several calls in
+    ``layer.block_history()`` to undo them as one step."""
+    current = take_slice(layer.data, axis, index)
+    changed = np.nonzero(np.asarray(current) != plane)
+    if not changed[0].size:
+        return
+    indices = list(changed)
+    indices.insert(axis, np.full(changed[0].size, index, dtype=np.intp))
+    layer.data_setitem(tuple(indices), np.asarray(plane)[changed].astype(layer.data.dtype), refresh=True)
 
 
 def label_colormap(colour: str):

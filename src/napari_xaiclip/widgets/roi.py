@@ -34,12 +34,13 @@ from qtpy.QtWidgets import (
 
 from ..jobs import SEGMENTER_ROI_MARGIN
 from ..roi import clean_roi, roi_area, roi_bbox, roi_from_labels, roi_from_map, roi_from_threshold
-from ..slicing import put_slice, slice_layer_data, take_slice
+from ..slicing import slice_layer_data, take_slice
 from ._cards import localizer_classes
 from .controls import double_spin, LayerChoice, slice_choice_layout
 from .heatmap_style import heatmap_layer_kwargs
 from .layers import (
     box_from_shapes,
+    set_labels_slice,
     LOCALIZER_MAP_NAME,
     replace_layer,
     roi_layer,
@@ -331,8 +332,7 @@ class RoiWidget(QWidget):
         if roi is None:
             return
         axis, index = viewer_slice(self.viewer, layer)
-        put_slice(roi.data, axis, index, np.zeros(np.delete(roi.data.shape, axis), roi.data.dtype))
-        roi.refresh()
+        set_labels_slice(roi, axis, index, np.zeros(np.delete(roi.data.shape, axis), roi.data.dtype))
         self.update_info()
 
     # --- compute -----------------------------------------------------------
@@ -367,8 +367,10 @@ class RoiWidget(QWidget):
         def done(result):
             out, info = result
             roi = roi_layer(self.viewer, layer)
-            for index, (mask, score) in out.items():
-                put_slice(roi.data, axis, index, mask.astype(roi.data.dtype))
+            with roi.block_history():   # one Ctrl+Z undoes the whole computed ROI
+                for index, (mask, _) in out.items():
+                    set_labels_slice(roi, axis, index, mask.astype(roi.data.dtype))
+            for index, (_, score) in out.items():
                 if score is not None:
                     replace_layer(self.viewer, LOCALIZER_MAP_NAME, slice_layer_data(score.astype(np.float32), axis),
                                   "image", visible=False, **{**heatmap_layer_kwargs(score, signed=False),

@@ -311,7 +311,7 @@ def run_case(case: Case, out: str | os.PathLike, on_progress=None, segmenter=Non
     with claimed_output(out):   # before any model work: a bad or busy --out fails at once
         seg = segmenter or load_segmenter(case.model)
         speed = ensure_speed(seg, case.speed)   # probes (and compiles) once per loaded model
-        if case.speed not in ("eager", "auto") or speed.chosen != _asked(case.speed, speed):
+        if case.speed not in ("eager", "auto"):   # a mode asked for by name: say what it became and why
             say("note", f"speed {case.speed}: {speed.chosen} ({'; '.join(speed.reasons)})")
         loc = localizer
         if loc is None and case.roi == "localizer" and "roi" in prep.modes:
@@ -330,11 +330,6 @@ def run_case(case: Case, out: str | os.PathLike, on_progress=None, segmenter=Non
         say("note", f"removed {len(removed)} file(s) an earlier run wrote into {out} that this run does not "
                     f"replace: {', '.join(removed)}")
     return records
-
-
-def _asked(requested: str, report) -> str:
-    """The mode a request should end in when nothing fell back (auto: whatever it chose)."""
-    return report.chosen if requested == "auto" else requested
 
 
 #: The lock file of the run writing into an output folder (removed when the run ends).

@@ -13,7 +13,8 @@ def add(sub):
     p.add_argument("--model", default="default", help="segmenter spec, as for explain (default: LiteMedSAM)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--speed", default="compile", choices=("compile", "auto", "bf16"),
-                   help="mode to prepare (default compile; explain's default auto compiles on CUDA only)")
+                   help="mode to prepare (default compile; afterwards explain's default auto compiles this model "
+                        "on a CPU too)")
     p.add_argument("--batch", type=int, default=None, metavar="N",
                    help="batch size to compile for (default: the one explain uses, the engine's automatic one)")
     p.set_defaults(func=cmd_warmup)

@@ -247,3 +247,29 @@ def test_a_computed_roi_and_a_cleared_slice_are_undone_by_ctrl_z(scene, qtbot):
     assert not np.asarray(roi.data[index]).any()
     roi.undo()
     assert np.array_equal(np.asarray(roi.data[index]), computed)
+
+
+def test_a_segmentation_is_undone_by_ctrl_z_slice_by_slice(scene, qtbot):
+    """Each segmented slice is one undo step on the segmentation layer; earlier slices stay."""
+    viewer, image, _, labels, index = scene
+    picker, roi_w, seg_w, *_ = _widgets(viewer)
+    masks = {}
+    for k in (index, index + 1):
+        picker.set_index(k)
+        roi_w.tabs.setCurrentIndex(2)
+        roi_w.otsu.setChecked(False)
+        roi_w.level.setValue(100.0)
+        roi_w.compute()
+        _wait(qtbot, roi_w.run)
+        seg_w.segment()
+        _wait(qtbot, seg_w.run)
+        masks[k] = np.asarray(viewer.layers["segmentation"].data[k]).copy()
+        assert masks[k].any()
+    seg = viewer.layers["segmentation"]
+    seg.undo()
+    assert not np.asarray(seg.data[index + 1]).any()
+    assert np.array_equal(np.asarray(seg.data[index]), masks[index])
+    seg.undo()
+    assert not np.asarray(seg.data).any()
+    seg.redo()
+    assert np.array_equal(np.asarray(seg.data[index]), masks[index])

@@ -9,7 +9,7 @@ import numpy as np
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ..outputs import LABEL_VALUE
-from ..slicing import put_slice, slice_layer_data, take_slice
+from ..slicing import slice_layer_data, take_slice
 from .controls import LayerChoice
 from .heatmap_style import heatmap_layer_kwargs
 from .layers import (
@@ -17,6 +17,7 @@ from .layers import (
     label_colormap,
     replace_layer,
     SEGMENTATION_NAME,
+    set_labels_slice,
     slice_layer_kwargs,
     slice_prompt,
     source_metadata,
@@ -111,13 +112,13 @@ class SegmentationWidget(QWidget):
                                                metadata=source_metadata(layer), opacity=0.5,
                                                **geometry_kwargs(layer))
             seg_layer.colormap = label_colormap("orange")
-        put_slice(seg_layer.data, axis, index, (probs > 0.5).astype(np.uint8) * LABEL_VALUE)
+        # napari's undoable path: Ctrl+Z restores the slice as it was before this segmentation
+        set_labels_slice(seg_layer, axis, index, ((probs > 0.5) * LABEL_VALUE).astype(seg_layer.data.dtype))
         key = f"{axis}:{index}"
         seg_layer.metadata.setdefault("xaiclip_boxes", {})[key] = [float(v) for v in box]
         seg_layer.metadata.setdefault("xaiclip_warnings", {})[key] = list(warnings)
         seg_layer.metadata["xaiclip_model"] = spec
         seg_layer.metadata["xaiclip_provenance"] = model_provenance(seg)
-        seg_layer.refresh()
         if self.show_probs.isChecked():
             kw = slice_layer_kwargs(layer, axis, index)
             replace_layer(self.viewer, f"{layer.name} · segmentation probability",

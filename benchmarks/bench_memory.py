@@ -109,7 +109,7 @@ def probe_volume(path: str) -> dict:
     load_s = time.perf_counter() - t0
     after_load = rss_mb()
     peak_load = peak_mb()
-    assert vol.data.shape == VOLUME_SHAPE and vol.data.dtype == np.float32, vol.data.shape
+    assert vol.data.shape == VOLUME_SHAPE, vol.data.shape
     runs = []
     for axis, index, (r0, r1, c0, c1) in VOLUME_SLICES:
         sl = take_slice(vol.data, axis, index)
@@ -121,9 +121,11 @@ def probe_volume(path: str) -> dict:
                      "seconds": round(time.perf_counter() - t0, 2)})
         assert np.isfinite(ex.heatmap).all()
     peak = peak_mb()
+    volume_mb, data_dtype = vol.data.nbytes / MIB, str(vol.data.dtype)
     del vol, sl, ex
     return {
-        "probe": "volume", "volume_shape": list(VOLUME_SHAPE), "volume_mb": VOLUME_BYTES / MIB,
+        "probe": "volume", "volume_shape": list(VOLUME_SHAPE), "volume_mb": volume_mb, "data_dtype": data_dtype,
+        "float32_mb": VOLUME_BYTES / MIB,
         "baseline_mb": baseline, "after_load_mb": after_load, "peak_load_mb": peak_load, "peak_mb": peak,
         "peak_over_baseline_mb": peak - baseline, "resident_volume_mb": after_load - baseline,
         "load_seconds": round(load_s, 2), "runs": runs, "ru_maxrss_mb": maxrss_mb(),
@@ -272,7 +274,7 @@ def markdown(results: dict) -> str:
             continue
         rows += [
             (f"512 x 512 x 400 volume, {v['file_dtype']} .nii ({v['file_mb']:.0f} MiB file)",
-             "volume size in memory (float32)", f"{v['volume_mb']:.0f} MiB"),
+             f"volume size in memory ({v.get('data_dtype', 'float32')})", f"{v['volume_mb']:.0f} MiB"),
             ("", "baseline RSS (torch + phantom model)", f"{v['baseline_mb']:.0f} MiB"),
             ("", "RSS after load_volume, over baseline", f"{v['resident_volume_mb']:.0f} MiB"),
             ("", "peak RSS while loading, over baseline", f"{v['peak_load_mb'] - v['baseline_mb']:.0f} MiB"),

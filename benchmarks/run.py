@@ -692,7 +692,8 @@ def section_memory(ctx):
         ctx["results"]["memory"] = {"instrument_failed": True}
         return head + ["instrument failed: no numbers (see the self-test above).", ""]
     n_loop, n_pipe = (20, 10) if ctx["quick"] else (100, 30)
-    results = {"volume": bench_memory.measure_volume(None), "loop": bench_memory.measure_loop(n_loop),
+    results = {"volume": bench_memory.measure_volume(None),
+               "volume_int16": bench_memory.measure_volume(None, "int16"), "loop": bench_memory.measure_loop(n_loop),
                "pipeline": bench_memory.measure_pipeline(n_pipe)}
     ctx["results"]["memory"] = results
     return head + [bench_memory.markdown(results), ""]

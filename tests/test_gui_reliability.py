@@ -122,7 +122,8 @@ def test_second_run_is_refused_while_one_runs(scene, qtbot, notifications):
     qtbot.waitUntil(lambda: not other.run.running, timeout=60_000)
 
 
-def test_closing_napari_during_a_run_stops_the_worker(make_napari_viewer, qtbot):
+@pytest.mark.parametrize("method", ["occlusion", "adaptive-occlusion", "rise", "lime", "ig", "causal", "segx"])
+def test_closing_napari_during_a_run_stops_the_worker(make_napari_viewer, qtbot, method):
     from superqt.utils._qthreading import WorkerBase
 
     from napari_xaiclip.widgets import ExplainerWidget
@@ -136,7 +137,8 @@ def test_closing_napari_during_a_run_stops_the_worker(make_napari_viewer, qtbot)
     widget = ExplainerWidget(viewer)
     widget.model.choose("phantom")
     viewer.window.add_dock_widget(widget)
-    _configure(widget, "rise")
+    _configure(widget, method)
+    widget.batch.setValue(4)
     widget.curves.setChecked(False)
     seen = _spy_progress(widget.run)
     widget.explain()
@@ -146,8 +148,8 @@ def test_closing_napari_during_a_run_stops_the_worker(make_napari_viewer, qtbot)
     viewer.close()
     qtbot.waitUntil(lambda: worker not in WorkerBase._worker_set, timeout=60_000)
     latency = time.perf_counter() - t0
-    print(f"worker stopped {latency:.2f} s after napari closed")
-    assert worker.abort_requested and latency < CANCEL_LATENCY_S
+    print(f"{method}: worker stopped {latency:.2f} s after napari closed")
+    assert worker.abort_requested and latency < CANCEL_LATENCY_S, f"{method} took {latency:.2f} s after close"
 
 
 @pytest.mark.parametrize("method", ["occlusion", "adaptive-occlusion", "rise", "lime", "ig", "gradcam", "causal",

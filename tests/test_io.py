@@ -214,6 +214,61 @@ def test_load_applies_scl_slope_and_inter(tmp_path):
     np.testing.assert_array_equal(out.get_fdata(), hu)
 
 
+def _scaled_int_file(path, raw, slope, inter):
+    img = nib.Nifti1Image(raw, np.eye(4), dtype=raw.dtype)
+    img.header.set_slope_inter(slope, inter)
+    nib.save(img, str(path))
+
+
+@pytest.mark.parametrize("raw_dtype, values, inter, kept", [
+    (np.int16, (-1024, 3071), 0.0, np.int16),        # HU stored as they are
+    (np.uint16, (0, 4095), -1024.0, np.int16),       # unsigned + intercept: the HU fit int16
+    (np.int16, (-1024, 32000), 1000.0, np.int32),    # shifted past int16: the next type that holds it
+    (np.uint8, (0, 255), 0.0, np.uint8),
+])
+def test_integer_voxels_keep_an_exact_integer_type(tmp_path, raw_dtype, values, inter, kept):
+    raw = np.linspace(*values, 60).round().astype(raw_dtype).reshape(3, 4, 5)
+    _scaled_int_file(tmp_path / "ct.nii", raw, 1.0, inter)
+    vol = load_volume(tmp_path / "ct.nii")
+    assert vol.data.dtype == kept
+    np.testing.assert_array_equal(vol.data, _expected_display(raw.astype(np.float64) + inter, np.eye(4)))
+
+
+@pytest.mark.parametrize("raw_dtype, slope, inter", [(np.int16, 2.0, -1024.0), (np.int16, 1.0, 0.5),
+                                                     (np.float64, 1.0, 0.0), (np.int64, 1.0, 0.0)])
+def test_fractional_scaling_and_wide_types_load_as_float32(tmp_path, raw_dtype, slope, inter):
+    raw = np.arange(60, dtype=raw_dtype).reshape(3, 4, 5)
+    _scaled_int_file(tmp_path / "ct.nii", raw, slope, inter)
+    vol = load_volume(tmp_path / "ct.nii")
+    assert vol.data.dtype == np.float32
+    np.testing.assert_allclose(vol.data, _expected_display(raw * slope + inter, np.eye(4)))
+
+
+@pytest.mark.parametrize("affine", ["PLAIN_RAS", "OBLIQUE_LPS"])
+def test_the_display_volume_is_a_view_of_the_one_array_read(tmp_path, affine):
+    """Reorientation costs no second copy: the display array shares the memory of what was read."""
+    raw = _distinct().astype(np.int16)
+    _write(tmp_path / "ct.nii.gz", raw, globals()[affine])
+    vol = load_volume(tmp_path / "ct.nii.gz")
+    base = vol.data if vol.data.base is None else vol.data.base
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    assert np.shares_memory(vol.data, base) and np.asarray(base).nbytes == raw.nbytes
+
+
+def test_4d_integer_file_keeps_only_its_first_volume(tmp_path):
+    arr4 = np.stack([_distinct().astype(np.int16) * (t + 1) for t in range(3)], axis=-1)
+    _scaled_int_file(tmp_path / "fmri.nii", arr4, 1.0, -5.0)
+    with pytest.warns(UserWarning, match="3 time points"):
+        vol = load_volume(tmp_path / "fmri.nii")
+    assert vol.data.dtype == np.int16
+    np.testing.assert_array_equal(vol.data, _expected_display(arr4[..., 0] - 5.0, np.eye(4)))
+    base = vol.data
+    while base.base is not None:
+        base = base.base
+    assert base.nbytes == arr4[..., 0].nbytes   # the other time points are not kept alive
+
+
 def test_load_4d_time_series_gives_first_volume_with_warning(tmp_path):
     arr4 = np.stack([_distinct() * (t + 1) for t in range(3)], axis=-1)
     _write(tmp_path / "fmri.nii.gz", arr4, OBLIQUE_LPS)

@@ -138,3 +138,19 @@ def test_a_session_comes_back_when_the_plugin_was_opened_first(make_napari_viewe
     assert "ROI" in viewer2.layers
     np.testing.assert_array_equal(viewer2.layers["ROI"].data, drawn)
     assert metrics2.autosave.enabled
+
+
+def test_fingerprint_depends_on_the_voxels_not_their_layout_or_integer_type():
+    """A reoriented view, its C-ordered copy and the same values as float32 are one volume to autosave;
+    a change of one sampled voxel is another."""
+    from napari_xaiclip.session import volume_fingerprint
+
+    base = np.random.default_rng(0).integers(-1024, 2000, (7, 6, 5), dtype=np.int16)
+    view = base.transpose(2, 1, 0)[::-1]
+    assert not view.flags.c_contiguous
+    key = volume_fingerprint(None, view, np.eye(4))
+    assert key == volume_fingerprint(None, np.ascontiguousarray(view), np.eye(4))
+    assert key == volume_fingerprint(None, view.astype(np.float32), np.eye(4))
+    changed = np.ascontiguousarray(view)
+    changed[0, 0, 0] += 1
+    assert key != volume_fingerprint(None, changed, np.eye(4))

@@ -47,6 +47,11 @@ def looks_like_labels(path: str, data: np.ndarray) -> bool:
     return np.unique(data[:: max(1, data.shape[0] // 8)]).size <= 256
 
 
+def _as_labels(data: np.ndarray) -> np.ndarray:
+    """Integer voxels as they are; whole-number floats (NIfTI scaling) rounded into int32."""
+    return data if data.dtype.kind in "iu" else np.rint(data).astype(np.int32)
+
+
 def _load_asking_for_series(path):
     """load_volume, asking which series to open when a DICOM folder holds several (in napari)."""
     from .io_itk import SeveralSeries
@@ -74,7 +79,7 @@ def read_volume(path):
             name = name[: -len(suffix)]
             break
     if looks_like_labels(str(path), vol.data):
-        return [(np.rint(vol.data).astype(np.int32), {"name": name, **geometry}, "labels")]
+        return [(_as_labels(vol.data), {"name": name, **geometry}, "labels")]
     kwargs = {"name": name, "colormap": "gray", **geometry, **window_kwargs(vol, geometry)}
     _say(f"{name}: {kwargs['metadata']['xaiclip_window']}")
     return [(vol.data, kwargs, "image")]

@@ -41,6 +41,7 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 import time
 import traceback
 import uuid
@@ -49,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import atomic_write_text
-from .jobs import CASE_FIELDS, Case, remove_stale_staging, run_case
+from .jobs import CASE_FIELDS, Case, claimed_output, remove_stale_staging, run_case
 from .manifest import MANIFEST_COLUMNS, BatchRow, ManifestError, read_manifest
 
 __all__ = ["AGGREGATE_FIELDS", "MANIFEST_COLUMNS", "SUMMARY_FIELDS", "BatchRow", "ManifestError",
@@ -259,6 +260,22 @@ def run_batch(manifest, out, workers: int | None = None, scheduler: str | None =
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
+    with claimed_output(out):   # a second batch into the same folder is refused, not mixed in
+        _check_writable(out / "cases")
+        return _run_rows(rows, manifest, out, workers, scheduler, retries, progress, torch_threads, t0)
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` and write a probe file into it, before any case starts; OSError -> ValueError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--out: cannot write into {folder} ({exc.strerror or type(exc).__name__})") from None
+
+
+def _run_rows(rows, manifest, out: Path, workers, scheduler, retries, progress, torch_threads, t0) -> dict:
     run_id = uuid.uuid4().hex[:12]
     cases_dir = out / "cases"
     results: dict[str, dict] = {}

@@ -54,9 +54,10 @@ _MAX_SAMPLE = 2_000_000
 
 def _sample(data: np.ndarray) -> np.ndarray:
     """A strided subsample of the voxels (enough for histograms, cheap on 500-slice volumes)."""
-    flat = np.asarray(data).ravel()
-    step = max(1, flat.size // _MAX_SAMPLE)
-    v = flat[::step].astype(np.float64)
+    data = np.asarray(data)
+    # every axis thinned alike: ravel() of a reoriented (non-contiguous) view would copy the volume
+    step = max(1, int(np.ceil((data.size / _MAX_SAMPLE) ** (1 / max(1, data.ndim)))))
+    v = data[(slice(None, None, step),) * data.ndim].astype(np.float64).ravel()
     return v[np.isfinite(v)]
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "is_scan_path",
     "is_phantom_description",
     "load_volume",
+    "native_voxels",
     "save_volume",
     "to_source_order",
     "layer_geometry",
@@ -70,8 +71,9 @@ class Volume:
 
     Attributes
     ----------
-    data : (Z, Y, X) float32 ndarray
-        Voxels, axis 0 = axial slices (superior to inferior), rows anterior to
+    data : (Z, Y, X) ndarray
+        Voxels in the file's integer type where it holds them exactly (int16 CT stays
+        int16), float32 otherwise; often a reoriented view, not C-contiguous. Axis 0 = axial slices (superior to inferior), rows anterior to
         posterior, columns patient right to left. CT in HU (slope/intercept applied).
     affine : (4, 4) ndarray
         Voxel (z, y, x) to RAS millimetres.
@@ -190,7 +192,7 @@ def _load_image(path: Path):
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path), mmap=False)   # read into memory once; no mapped copy beside it
     except Exception as exc:  # nibabel raises many types for bad files
         raise ValueError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -318,7 +320,8 @@ def load_volume(path: str | os.PathLike, series: str | None = None) -> Volume:
     Returns
     -------
     Volume
-        ``data`` float32 (z, y, x), scaled by ``scl_slope``/``scl_inter``.
+        ``data`` (z, y, x), scaled by ``scl_slope``/``scl_inter``: the file's integer type
+        where the scaled values fit it (or int16/int32), float32 otherwise.
 
     Raises
     ------
@@ -341,7 +344,7 @@ def load_volume(path: str | os.PathLike, series: str | None = None) -> Volume:
     affine = np.asarray(img.affine, dtype=np.float64)
     _check_affine(affine, path)
     try:
-        data = np.asarray(img.dataobj[index], dtype=np.float32)
+        data = _read_voxels(img.dataobj, index)
     except Exception as exc:
         raise ValueError(f"{path}: could not read the voxels ({type(exc).__name__}: {exc}); "
                          "the file may be truncated") from None
@@ -351,8 +354,53 @@ def load_volume(path: str | os.PathLike, series: str | None = None) -> Volume:
     return _to_display(data, affine, path, header, _descrip(header))
 
 
+def _read_voxels(proxy, index: tuple) -> np.ndarray:
+    """The voxels at ``index`` in the file's own integer type where the scaling allows, else float32.
+
+    A CT stored as int16 with slope 1 and a whole-number intercept stays int16 (half the memory of
+    float32; every value exact). Only slices being explained are converted to float32, one at a time.
+    """
+    slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
+    if slope == 1.0 and inter == 0.0:
+        return native_voxels(np.asarray(proxy[index]))
+    if slope == 1.0 and inter.is_integer() and np.dtype(proxy.dtype).kind in "iu":
+        shifted = _shift_integers(_own_part(np.asarray(proxy.get_unscaled()), index), int(inter))
+        if shifted is not None:
+            return shifted
+    return np.asarray(proxy[index], dtype=np.float32)
+
+
+def native_voxels(data: np.ndarray) -> np.ndarray:
+    """Integers (booleans as uint8) kept as they are; any float type as float32."""
+    if data.dtype == bool:
+        return data.astype(np.uint8)
+    if data.dtype.kind in "iu" and data.dtype.itemsize <= 4:
+        return data
+    return data.astype(np.float32, copy=False)
+
+
+def _own_part(array: np.ndarray, index: tuple) -> np.ndarray:
+    """``array[index]``, writable, not keeping the rest of ``array`` (a 4D file's other volumes) alive."""
+    part = array[index]
+    return part.copy() if part.size < array.size or not part.flags.writeable else part
+
+
+def _shift_integers(raw: np.ndarray, inter: int) -> np.ndarray | None:
+    """``raw + inter`` in the narrowest of (raw's type, int16, int32) that holds it; None if none does."""
+    lo, hi = int(raw.min()) + inter, int(raw.max()) + inter
+    for dtype in (raw.dtype, np.dtype(np.int16), np.dtype(np.int32)):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max and dtype.itemsize >= raw.dtype.itemsize:
+            out = raw if dtype == raw.dtype else raw.astype(dtype)
+            out += np.asarray(inter, dtype)
+            return out
+    return None
+
+
 def _check_affine(affine: np.ndarray, path: Path) -> None:
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+    # singular relative to its own scale: 1e-5 mm voxels are valid, a rank-2 matrix is not
+    sv = np.linalg.svd(affine[:3, :3], compute_uv=False) if np.all(np.isfinite(affine)) else np.zeros(3)
+    if not sv[-1] > 0 or sv[-1] < 1e-8 * sv[0]:
         raise ValueError(f"{path}: the voxel-to-world affine is not invertible:\n{affine}")
 
 
@@ -362,7 +410,8 @@ def _to_display(data: np.ndarray, affine: np.ndarray, path: Path, header, descri
 
     src_ornt = ornt.io_orientation(affine)
     transform = ornt.ornt_transform(src_ornt, ornt.axcodes2ornt(DISPLAY_AXCODES))
-    display = np.ascontiguousarray(ornt.apply_orientation(data, transform), dtype=np.float32)
+    # flips and a transpose: a view of the voxels as read, not a second copy of the volume
+    display = ornt.apply_orientation(native_voxels(data), transform)
     display_affine = affine @ ornt.inv_ornt_aff(transform, data.shape)
     return Volume(display, display_affine, affine, tuple(data.shape), transform, header, str(path),
                   description=description)

@@ -141,12 +141,22 @@ def _check_info(path: Path, kind: str, dim: int, size, components: int, max_voxe
         raise ValueError(f"{path}: {dim}D {kind} image of shape {size}; expected a 3D volume")
 
 
+def _narrowest(array: np.ndarray) -> np.ndarray:
+    """int32 voxels as int16 when they fit (GDCM widens int16 CT with an intercept to int32)."""
+    if array.dtype != np.int32 or not array.size:
+        return array
+    info = np.iinfo(np.int16)
+    return array.astype(np.int16) if info.min <= array.min() and array.max() <= info.max else array
+
+
 def _to_raw(img, description: str = "") -> RawImage:
     """SimpleITK image (2D, 3D, or 4D with one volume) -> voxels (i, j, k) and RAS affine."""
     import SimpleITK as sitk
 
     dim = img.GetDimension()
-    array = sitk.GetArrayFromImage(img).astype(np.float32, copy=False)  # (k, j, i) or (j, i); owns its memory
+    from .io import native_voxels
+
+    array = _narrowest(native_voxels(sitk.GetArrayFromImage(img)))  # (k, j, i) or (j, i); owns its memory
     direction = np.asarray(img.GetDirection(), float).reshape(dim, dim)
     spacing = np.asarray(img.GetSpacing(), float)
     origin = np.asarray(img.GetOrigin(), float)
@@ -160,8 +170,7 @@ def _to_raw(img, description: str = "") -> RawImage:
     lps = np.eye(4)
     lps[:3, :3] = direction * spacing[None, :]
     lps[:3, 3] = origin
-    # a view: the reorientation into display order makes the one copy (a series is often already
-    # in display order up to a flip, so two full transposes would cost seconds for nothing)
+    # a view, and so is the reorientation into display order: no second copy of the volume
     return RawImage(array.transpose(2, 1, 0), LPS_TO_RAS @ lps, description)
 
 
@@ -178,7 +187,7 @@ def _read_plain(path: Path, kind: str, max_voxels: int) -> RawImage:
     except RuntimeError as exc:
         raise ValueError(f"{path}: not a readable {kind} file ({_itk_message(exc)})") from None
     _check_info(path, kind, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), max_voxels)
-    reader.SetOutputPixelType(sitk.sitkFloat32)
+    reader.SetOutputPixelType(_pixel_type(headers))
     try:
         with _quiet_itk():
             img = reader.Execute()
@@ -283,7 +292,7 @@ def _read_dicom_file(path: Path, max_voxels: int) -> RawImage:
     _check_info(path, "DICOM", 3, size, 1, max_voxels)
     try:
         with _quiet_itk():
-            img = sitk.ReadImage(str(path), sitk.sitkFloat32)
+            img = sitk.ReadImage(str(path), _pixel_type([ds]))
     except RuntimeError as exc:
         raise _syntax_error(path, ds, exc) from None
     if img.GetDimension() == 3 and img.GetSize()[2] != frames:
@@ -291,6 +300,23 @@ def _read_dicom_file(path: Path, max_voxels: int) -> RawImage:
     if expected is not None:
         _check_positions(path, img, *expected, what="frame")
     return _to_raw(img, _describe(ds))
+
+
+def _pixel_type(headers) -> int:
+    """SimpleITK's output type: integers where every slice's rescale keeps values whole
+    (slope 1, whole intercept: the usual CT), float32 otherwise."""
+    import SimpleITK as sitk
+
+    for ds in headers:
+        slope, inter = ds.get("RescaleSlope", 1), ds.get("RescaleIntercept", 0)
+        try:
+            whole = float(slope if slope not in (None, "") else 1) == 1.0 and float(
+                inter if inter not in (None, "") else 0).is_integer()
+        except (TypeError, ValueError):
+            whole = False
+        if not whole:
+            return sitk.sitkFloat32
+    return sitk.sitkUnknown
 
 
 def _enhanced_geometry(path: Path, ds, frames: int):
@@ -419,7 +445,7 @@ def _read_dicom_folder(folder: Path, series: str | None, max_voxels: int) -> Raw
     _check_info(folder, "DICOM", 3, (int(first.Columns), int(first.Rows), len(files)), 1, max_voxels)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
-    reader.SetOutputPixelType(sitk.sitkFloat32)
+    reader.SetOutputPixelType(_pixel_type(headers))
     try:
         with _quiet_itk():
             img = reader.Execute()

@@ -73,8 +73,10 @@ def volume_fingerprint(path, data, affine) -> str:
     h.update(repr(tuple(data.shape)).encode())
     if affine is not None:
         h.update(np.round(np.asarray(affine, np.float64), 6).tobytes())
-    flat = data.reshape(-1)
-    h.update(np.ascontiguousarray(flat[:: max(1, flat.size // SAMPLED_VOXELS)]).tobytes())
+    # the same voxels in C order whatever the memory layout (reshape would copy a reoriented view),
+    # as float32 so an int16 scan hashes as it did when volumes were held as float32
+    picks = np.unravel_index(np.arange(0, data.size, max(1, data.size // SAMPLED_VOXELS)), data.shape)
+    h.update(np.ascontiguousarray(data[picks], dtype=np.float32).tobytes())
     return h.hexdigest()[:16]
 
 

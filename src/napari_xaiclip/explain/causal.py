@@ -67,6 +67,9 @@ def _as_model_inputs(ctx: Context, items, what: str) -> list[torch.Tensor]:
         return [torch.as_tensor(items, dtype=ctx.x.dtype, device=ctx.device)[i] for i in range(len(items))]
     if isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim == 2:
         items = [items]
+    if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple, np.ndarray, torch.Tensor)):
+        raise ValueError(f"{what} must be a list of 2D slices or an (N, H, W) stack, got {type(items).__name__} "
+                         f"{items!r:.40}; the tool fills it from the volume's other slices")
     out = []
     for i, item in enumerate(items):
         a = item if isinstance(item, torch.Tensor) else np.asarray(item)

@@ -144,8 +144,16 @@ def _load_xaiclip_sam(path: Path, device: str, name: str) -> Segmenter:
     if not isinstance(obj, dict) or obj.get("format") != "xaiclip-sam/1":
         raise ValueError(f"{path}: not a model saved by `xaiclip train-segmenter`; for SAM/MedSAM "
                          "checkpoints use sam:VARIANT:PATH or medsam:PATH")
-    sam = build_sam(**obj["config"])
-    state = {k: v.float() if v.is_floating_point() else v for k, v in obj["state_dict"].items()}
+    config, state = obj.get("config"), obj.get("state_dict")
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        missing = " and ".join(k for k, v in (("config", config), ("state_dict", state)) if not isinstance(v, dict))
+        raise ValueError(f"{path}: the checkpoint has no {missing} (the architecture and weights "
+                         "`xaiclip train-segmenter` saves); save the model again with it")
+    try:
+        sam = build_sam(**config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: its config does not describe a SAM model ({exc})") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     load_into(sam, state, str(path))
     card = dict(obj.get("card", {}))
     seg = SamSegmenter(sam, mode=obj.get("mode", "medsam"), name=name, device=device,

@@ -92,8 +92,11 @@ class ModuleSegmenter(Segmenter):
             images = torch.cat([images, prompt.encoded.expand(images.shape[0], -1, -1, -1)], dim=1)
         try:
             out = self.module(images)
-        except (RuntimeError, TypeError, IndexError) as exc:  # shape and dtype mismatches (torch raises these)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        # shape and dtype mismatches; TorchScript raises its own torch.jit.Error, not a RuntimeError
+        except (RuntimeError, TypeError, IndexError, torch.jit.Error) as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+            # TorchScript puts a generic header first and the cause ("RuntimeError: ...") last
+            first = (lines[-1] if isinstance(exc, torch.jit.Error) else lines[0])[:200]
             raise ValueError(f"the model {self.name} failed on an input of shape {tuple(images.shape)} "
                              f"(input_size {self.input_size}, {images.shape[1]} channels): {first}; set input_size "
                              "and in_channels in its config to what it expects") from exc

@@ -261,14 +261,13 @@ def run_batch(manifest, out, workers: int | None = None, scheduler: str | None =
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
     with claimed_output(out):   # a second batch into the same folder is refused, not mixed in
-        _check_writable(out / "cases")
+        _check_writable(out)
         return _run_rows(rows, manifest, out, workers, scheduler, retries, progress, torch_threads, t0)
 
 
 def _check_writable(folder: Path) -> None:
-    """Create ``folder`` and write a probe file into it, before any case starts; OSError -> ValueError."""
+    """Write (and remove) a probe file in ``folder`` before any case starts; OSError -> ValueError."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:

@@ -13,7 +13,7 @@ Bounds (measured on the 2-core CI box, numbers in docs/reliability.md):
   in the file's type, and nibabel reads them into one array that the reorientation only
   views. RSS after ``load_volume`` and the peak while loading <= baseline + volume + 50 MiB
   (measured +210 / +410 MiB); peak while loading and explaining three slices (float32 only
-  for the explained slice) <= baseline + volume + 200 MiB (measured +326 / +504 MiB).
+  for the explained slice) <= baseline + volume + 200 MiB (measured +305-326 / +504-524 MiB).
   Before this, the int16 file cost a float32 copy (+410 MiB) and peaked at +810 MiB.
   Baseline: torch imported, default model loaded.
 * 100 ROI-guided occlusions in a row, 30 ``explain_slice`` runs with curves:

@@ -161,6 +161,28 @@ def test_dicom_ct_values_are_hu_like_pydicom(tmp_path):
     np.testing.assert_array_equal(np.sort(vol.data, axis=None), np.sort(np.concatenate(expected), axis=None))
 
 
+@pytest.mark.parametrize("slope, intercept, kept", [(1.0, -1024.0, np.int16), (0.5, -1024.0, np.float32)])
+def test_dicom_voxels_stay_integers_when_the_rescale_keeps_them_whole(tmp_path, monkeypatch, slope, intercept,
+                                                                       kept):
+    """RescaleSlope 1 with a whole intercept: int16 HU (half the memory of float32), same values."""
+    monkeypatch.setitem(globals(), "SLOPE", slope)
+    monkeypatch.setitem(globals(), "INTERCEPT", intercept)
+    folder, worlds, values, _ = write_series(tmp_path / "s", "oblique")
+    vol = load_volume(folder)
+    assert vol.data.dtype == kept
+    assert_lands(vol.data, vol.affine, worlds, values)
+
+
+@pytest.mark.parametrize("dtype, kept", [(np.int16, np.int16), (np.uint8, np.uint8), (np.float64, np.float32)])
+def test_nrrd_voxels_keep_their_type_or_become_float32(tmp_path, dtype, kept):
+    array = (np.arange(60).reshape(3, 4, 5) - 7).astype(dtype) if dtype != np.uint8 else \
+        np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "scan.nrrd"))
+    vol = load_volume(tmp_path / "scan.nrrd")
+    assert vol.data.dtype == kept
+    np.testing.assert_array_equal(np.sort(vol.data, axis=None), np.sort(array, axis=None))
+
+
 def test_single_dicom_slice_file(tmp_path):
     folder, worlds, values, _ = write_series(tmp_path / "s", "oblique", shape=(1, 3, 5))
     (path,) = folder.iterdir()

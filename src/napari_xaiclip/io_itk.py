@@ -187,7 +187,7 @@ def _read_plain(path: Path, kind: str, max_voxels: int) -> RawImage:
     except RuntimeError as exc:
         raise ValueError(f"{path}: not a readable {kind} file ({_itk_message(exc)})") from None
     _check_info(path, kind, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), max_voxels)
-    reader.SetOutputPixelType(_pixel_type(headers))
+    reader.SetOutputPixelType(sitk.sitkUnknown)   # the file's own type; native_voxels narrows floats to float32
     try:
         with _quiet_itk():
             img = reader.Execute()

@@ -18,7 +18,6 @@ Bugs the sweep found were fixed; their tests stay as regression tests
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -43,6 +42,7 @@ from napari_xaiclip.roi import roi_from_map
 from napari_xaiclip.slicing import put_slice, slice_layer_data, take_slice
 
 from bad_files import CORPUS, REFUSED, write_one
+from privileges import unprivileged
 from toy_models import TinyConvNet, make_segmenter
 
 torch.set_num_threads(1)
@@ -648,21 +648,6 @@ def test_cli_failing_mid_run_leaves_no_partial_file(tmp_path, capsys, factory, s
 # --------------------------------------------------------------------------- save_volume, read-only folder
 
 
-@contextlib.contextmanager
-def _unprivileged():
-    """Run the block as user nobody when the tests run as root (root ignores folder permissions)."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.setegid(65534)
-    os.seteuid(65534)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
-
-
 def test_save_volume_into_a_read_only_folder_raises_and_leaves_nothing():
     ro = Path(tempfile.mkdtemp(prefix="xaiclip-readonly-"))  # under /tmp: traversable by an unprivileged user
     try:
@@ -671,7 +656,7 @@ def test_save_volume_into_a_read_only_folder_raises_and_leaves_nothing():
         before = existing.read_bytes()
         ro.chmod(0o555)
         refused = []
-        with _unprivileged():
+        with unprivileged():
             for name in ("new.nii.gz", "old.nii.gz", "sub/new.nii"):
                 try:
                     save_volume(ro / name, np.zeros((2, 3, 4), np.float32))

@@ -10,22 +10,10 @@ from torch import nn
 from napari_xaiclip.explain import explain
 from napari_xaiclip.models.generic import ModuleSegmenter
 
+from toy_models import FiveD, ThreeChannelNet
+
 SLICE = np.random.default_rng(0).normal(0, 1, (32, 32)).astype(np.float32)
 BOX = (4, 4, 20, 20)
-
-
-class ThreeChannelNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 1, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-class FiveD(nn.Module):
-    def forward(self, x):
-        return x[:, :1, None]
 
 
 class Raises(nn.Module):

@@ -146,6 +146,24 @@ class IdentityProbNet(nn.Module):
         return torch.log(p) - torch.log1p(-p) + 0.0 * self.dummy
 
 
+class ThreeChannelNet(nn.Module):
+    """A conv net that takes 3 input channels: a user model the default config does not fit."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class FiveD(nn.Module):
+    """Returns a 5D tensor: not mask logits."""
+
+    def forward(self, x):
+        return x[:, :1, None]
+
+
 class LinearProbTarget(Target):
     """f(probs) = sum(W * probs) for a known weight image W (S, S)."""
 

@@ -72,9 +72,10 @@ class Volume:
     Attributes
     ----------
     data : (Z, Y, X) ndarray
-        Voxels in the file's integer type where it holds them exactly (int16 CT stays
-        int16), float32 otherwise; often a reoriented view, not C-contiguous. Axis 0 = axial slices (superior to inferior), rows anterior to
+        Voxels, axis 0 = axial slices (superior to inferior), rows anterior to
         posterior, columns patient right to left. CT in HU (slope/intercept applied).
+        In the file's integer type where it holds them exactly (an int16 CT stays
+        int16), float32 otherwise; often a reoriented view, not C-contiguous.
     affine : (4, 4) ndarray
         Voxel (z, y, x) to RAS millimetres.
     source_affine, source_shape, source_ornt : geometry of the file it came from

@@ -308,13 +308,11 @@ def _pixel_type(headers) -> int:
     import SimpleITK as sitk
 
     for ds in headers:
-        slope, inter = ds.get("RescaleSlope", 1), ds.get("RescaleIntercept", 0)
         try:
-            whole = float(slope if slope not in (None, "") else 1) == 1.0 and float(
-                inter if inter not in (None, "") else 0).is_integer()
+            slope, inter = float(ds.get("RescaleSlope") or 1), float(ds.get("RescaleIntercept") or 0)
         except (TypeError, ValueError):
-            whole = False
-        if not whole:
+            return sitk.sitkFloat32
+        if slope != 1.0 or not inter.is_integer():
             return sitk.sitkFloat32
     return sitk.sitkUnknown
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from toy_models import FiveD, ThreeChannelNet
+
 SEVERITIES = ("high", "medium", "low")
 COMMANDS = ("explain", "components", "batch")
 
@@ -197,20 +199,6 @@ def probability_labels(folder, inputs):
 class NanNet(nn.Module):
     def forward(self, x):
         return x[:, :1] * float("nan")
-
-
-class ThreeChannelNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 1, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-class FiveD(nn.Module):
-    def forward(self, x):
-        return x[:, :1, None]
 
 
 class Raises(nn.Module):

@@ -25,6 +25,7 @@ import pytest
 from corpus import (COMMANDS, CORPUS, SEVERITIES, BoxNet, batch, batch_row, ct_array, explain, labels_argv,
                     model_argv, save_nifti, tiny_sam_checkpoint, torchscript, two_member_gzip, write_manifest)
 from napari_xaiclip.cli import main
+from privileges import unprivileged
 
 HEATMAP = "occlusion-traditional.nii.gz"
 
@@ -85,21 +86,6 @@ def case_folder(entry, tmp_path):
             if path.is_dir() and not path.is_symlink():
                 path.chmod(0o755)
         shutil.rmtree(folder)
-
-
-@contextlib.contextmanager
-def unprivileged():
-    """Run the block as user nobody when the tests run as root (root writes into read-only folders)."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.setegid(65534)
-    os.seteuid(65534)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
 
 
 def _writable(folder: Path) -> bool:

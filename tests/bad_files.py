@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,3 +209,9 @@ def write_one(folder, name: str) -> BadFile:
 def write_corpus(folder) -> list[BadFile]:
     """Write every corpus entry into ``folder`` (each in its own sub-folder so names never clash)."""
     return [write_one(Path(folder) / name, name) for name in CORPUS]
+
+
+def zip_member_offset(raw: bytes, info: zipfile.ZipInfo) -> int:
+    """Where a zip member's bytes start: after its local header (30 bytes, name, extra field)."""
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26: info.header_offset + 30])
+    return info.header_offset + 30 + name_len + extra_len

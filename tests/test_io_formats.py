@@ -54,7 +54,7 @@ def _write(ds: Dataset, path: Path) -> None:
 
 
 def _slice_dataset(stored: np.ndarray, ipp, iop, pixel_spacing, series_uid, study_uid, number,
-                   description="test series", modality="CT") -> Dataset:
+                   description="test series", modality="CT", slope=SLOPE, intercept=INTERCEPT) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CT_STORAGE
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -80,8 +80,8 @@ def _slice_dataset(stored: np.ndarray, ipp, iop, pixel_spacing, series_uid, stud
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleSlope = _ds_number(SLOPE)
-    ds.RescaleIntercept = _ds_number(INTERCEPT)
+    ds.RescaleSlope = _ds_number(slope)
+    ds.RescaleIntercept = _ds_number(intercept)
     ds.RescaleType = "HU"
     ds.PixelData = np.ascontiguousarray(stored.astype("<i2")).tobytes()
     return ds
@@ -89,7 +89,7 @@ def _slice_dataset(stored: np.ndarray, ipp, iop, pixel_spacing, series_uid, stud
 
 def write_series(folder: Path, orientation: str = "oblique", shape=(4, 3, 5), spacing=(2.5, 0.7, 0.9),
                  origin=(12.5, -30.25, 41.0), description="test series", seed=0, positions=None,
-                 series_uid=None, prefix="img"):
+                 series_uid=None, prefix="img", slope=SLOPE, intercept=INTERCEPT):
     """A DICOM series of ``shape`` (slices, rows, columns), one file per slice, named out of order.
 
     ``spacing`` = (between slices, between rows, between columns) mm. Returns the folder, the
@@ -109,7 +109,7 @@ def write_series(folder: Path, orientation: str = "oblique", shape=(4, 3, 5), sp
         ipp = np.asarray(origin) + k * spacing[0] * normal if positions is None else np.asarray(positions[k])
         iop = np.concatenate([row, col])
         ds = _slice_dataset(stored[k], ipp, iop, (spacing[1], spacing[2]), series_uid, study_uid,
-                            number=k + 1, description=description)
+                            number=k + 1, description=description, slope=slope, intercept=intercept)
         _write(ds, folder / f"{prefix}{order[k]:03d}.dcm")
         # independently of the reader: world position of pixel (row r, column c) from the written tags
         ipp_t = np.array([float(v) for v in ds.ImagePositionPatient])
@@ -118,7 +118,7 @@ def write_series(folder: Path, orientation: str = "oblique", shape=(4, 3, 5), sp
         r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
         lps = ipp_t + c[..., None] * dc * iop_t[:3] + r[..., None] * dr * iop_t[3:]
         worlds.append((lps * LPS_TO_RAS).reshape(-1, 3))
-        values.append(stored[k].reshape(-1) * SLOPE + INTERCEPT)
+        values.append(stored[k].reshape(-1) * slope + intercept)
     return folder, np.concatenate(worlds), np.concatenate(values), series_uid
 
 
@@ -162,12 +162,9 @@ def test_dicom_ct_values_are_hu_like_pydicom(tmp_path):
 
 
 @pytest.mark.parametrize("slope, intercept, kept", [(1.0, -1024.0, np.int16), (0.5, -1024.0, np.float32)])
-def test_dicom_voxels_stay_integers_when_the_rescale_keeps_them_whole(tmp_path, monkeypatch, slope, intercept,
-                                                                       kept):
+def test_dicom_voxels_stay_integers_when_the_rescale_keeps_them_whole(tmp_path, slope, intercept, kept):
     """RescaleSlope 1 with a whole intercept: int16 HU (half the memory of float32), same values."""
-    monkeypatch.setitem(globals(), "SLOPE", slope)
-    monkeypatch.setitem(globals(), "INTERCEPT", intercept)
-    folder, worlds, values, _ = write_series(tmp_path / "s", "oblique")
+    folder, worlds, values, _ = write_series(tmp_path / "s", "oblique", slope=slope, intercept=intercept)
     vol = load_volume(folder)
     assert vol.data.dtype == kept
     assert_lands(vol.data, vol.affine, worlds, values)

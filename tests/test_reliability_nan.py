@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import struct
 import zipfile
 
 import numpy as np
@@ -20,6 +19,8 @@ from torch import nn
 from napari_xaiclip.explain import explain
 from napari_xaiclip.models import load_segmenter
 from napari_xaiclip.models.generic import ModuleSegmenter
+
+from bad_files import zip_member_offset
 
 S = 32
 
@@ -110,12 +111,6 @@ def _torchscript(path):
     return path
 
 
-def _data_offset(raw: bytes, info: zipfile.ZipInfo) -> int:
-    """Where a member's bytes start: after its local header (30 bytes, name, extra field)."""
-    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26: info.header_offset + 30])
-    return info.header_offset + 30 + name_len + extra_len
-
-
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_torchscript_with_a_flipped_weight_byte_is_refused(tmp_path):
     good = _torchscript(tmp_path / "good.pt")
@@ -124,7 +119,7 @@ def test_torchscript_with_a_flipped_weight_byte_is_refused(tmp_path):
         weights = [i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 0]
     assert weights and all(i.compress_type == zipfile.ZIP_STORED for i in weights)
     member = weights[0]
-    raw[_data_offset(bytes(raw), member) + 1] ^= 0x40
+    raw[zip_member_offset(bytes(raw), member) + 1] ^= 0x40
     bad = tmp_path / "bad.pt"
     bad.write_bytes(bytes(raw))
     with zipfile.ZipFile(bad) as archive:

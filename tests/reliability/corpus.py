@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import struct
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bad_files import zip_member_offset
 from toy_models import FiveD, ThreeChannelNet
 
 SEVERITIES = ("high", "medium", "low")
@@ -238,19 +238,13 @@ def tiny_sam_checkpoint(folder: Path, name="sam.pt", nan=False, with_config=True
     return path
 
 
-def _data_offset(raw: bytes, info: zipfile.ZipInfo) -> int:
-    """Where a zip member's bytes start: after its local header (30 bytes, name, extra field)."""
-    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26: info.header_offset + 30])
-    return info.header_offset + 30 + name_len + extra_len
-
-
 def flip_a_stored_byte(path: Path) -> Path:
     """One byte flipped inside the largest stored weight member: its CRC no longer matches."""
     raw = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as archive:
         members = [i for i in archive.infolist() if "/data/" in i.filename and i.compress_type == zipfile.ZIP_STORED]
     member = max(members, key=lambda i: i.file_size)
-    raw[_data_offset(bytes(raw), member) + member.file_size // 2] ^= 0x40
+    raw[zip_member_offset(bytes(raw), member) + member.file_size // 2] ^= 0x40
     path.write_bytes(bytes(raw))
     return path
 
